@@ -56,6 +56,17 @@ float's range). The paper's memory is a plain mean, so a Byzantine worker
 moves it by up to :math:`1/b` of its own residual; ``memory_clip`` bounds
 that (see below) at the price of no longer being the paper's algorithm when
 it is active.
+
+Per-worker memory (``memory="per_worker"``): the authors' experiment code
+(the ``Optimization-Mavericks`` repository whose result files hold the
+paper's Fashion-MNIST numbers) keeps one residual row per worker instead,
+:math:`m_{t+1}^{(i)} = G_t[i, :] - \\Delta_t[i, :]` and :math:`G_t[i, :] =
+\\gamma_t g_i^{(t)} + m_t^{(i)}`, never averaged. A Byzantine worker's
+residual then stays in its own row, where the next block's geometric median
+can reject it, whereas the shared mean carries :math:`1/b` of it into every
+row: with 20% of the workers sending :math:`-100\\,g_i`, the shared memory
+becomes about :math:`-18` times the honest residual and training diverges
+(``experiments/acharya.py``). Erased rows restart from a zero memory.
 """
 
 import functools
@@ -80,7 +91,8 @@ _RESERVED = ("init", "return_info", "weights")
 class BlockMemoryState(NamedTuple):
   """State of :func:`block_geometric_median_descent`."""
   count: jax.Array       # int32 (): number of updates so far (schedules)
-  memory: optax.Updates  # params-shaped: the memory m_t (step-size units)
+  memory: optax.Updates  # the memory m_t (step-size units): params-shaped,
+                         # or stacked [R, ...] for memory="per_worker"
   key: jax.Array | None  # PRNG key for "norm_proportional" (else None);
                          # split on every update
   indices: jax.Array     # int32 [k]: flat coordinates selected last step
@@ -96,6 +108,15 @@ def _check_learning_rate(learning_rate) -> None:
   if learning_rate is None or callable(learning_rate):
     return
   _checks.check_positive("learning_rate", learning_rate)
+
+
+def _residual_rows(stacked: PyTree, live: jax.Array, mask: PyTree) -> PyTree:
+  """Each live row of ``stacked`` off the block ``mask``; erased rows zero."""
+  return jax.tree.map(
+      lambda x, m: jnp.where(
+          m[None] | ~btree.per_row(x, live), 0.0,
+          jnp.clip(x, -jnp.finfo(x.dtype).max,
+                   jnp.finfo(x.dtype).max)).astype(x.dtype), stacked, mask)
 
 
 def _residual_mean(stacked: PyTree, live: jax.Array, mask: PyTree,
@@ -128,21 +149,24 @@ def _residual_mean(stacked: PyTree, live: jax.Array, mask: PyTree,
 # The update is jitted with its configuration static, so eager calls (and
 # several transforms with equal settings) share one compiled program.
 @functools.partial(jax.jit, static_argnames=(
-    "sampling", "learning_rate", "memory_clip", "gm_static"))
+    "sampling", "learning_rate", "memory_clip", "gm_static", "per_worker"))
 def _bgmd_update(updates, state, gm_dynamic, *, sampling, learning_rate,
-                 memory_clip, gm_static):
+                 memory_clip, gm_static, per_worker):
   """One step of Algorithm 1 (see the module docstring)."""
   k = state.indices.shape[0]
+  # The shared memory broadcasts over the worker axis; per-worker rows add.
+  memory = (state.memory if per_worker
+            else jax.tree.map(lambda m: m[None], state.memory))
   if learning_rate is None:
     gamma = None
-    corrected = jax.tree.map(lambda g, m: g + m[None], updates, state.memory)
+    corrected = jax.tree.map(lambda g, m: g + m, updates, memory)
   else:
     gamma = (learning_rate(state.count) if callable(learning_rate)
              else learning_rate)
     gamma = jnp.asarray(gamma)
     corrected = jax.tree.map(
-        lambda g, m: (gamma.astype(g.dtype) * g + m[None]).astype(g.dtype),
-        updates, state.memory)
+        lambda g, m: (gamma.astype(g.dtype) * g + m).astype(g.dtype),
+        updates, memory)
   if sampling == "norm_proportional":
     new_key, step_key = jax.random.split(state.key)
   else:
@@ -150,7 +174,10 @@ def _bgmd_update(updates, state, gm_dynamic, *, sampling, learning_rate,
   step = _blk._block_step(corrected, num_coords=k, sampling=sampling,
                           key=step_key,
                           gm_kwargs={**dict(gm_static), **gm_dynamic})
-  memory = _residual_mean(corrected, step.live, step.mask, memory_clip)
+  if per_worker:
+    memory = _residual_rows(corrected, step.live, step.mask)
+  else:
+    memory = _residual_mean(corrected, step.live, step.mask, memory_clip)
   out = step.aggregate
   if gamma is not None:
     # Back to gradient units for the optimizer that follows (as the
@@ -176,6 +203,8 @@ def block_geometric_median_descent(
     key: jax.Array | None = None,
     learning_rate: float | Callable[[jax.Array], jax.Array] | None = None,
     memory_clip: float | None = None,
+    memory: str = "shared",
+    num_workers: int | None = None,
     **gm_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
   """BGMD: block-coordinate geometric median with residual memory.
@@ -217,7 +246,13 @@ def block_geometric_median_descent(
       averaging, each worker's residual is scaled down to at most
       ``memory_clip`` times the median live residual norm, so one worker can
       move the memory by at most ``memory_clip * median / n_live``. ``None``
-      (default) is the paper's plain mean.
+      (default) is the paper's plain mean. Only for ``memory="shared"``.
+    memory: ``"shared"`` (default): one memory, the mean residual, as
+      Algorithm 1 is printed; ``"per_worker"``: one residual per worker (the
+      authors' experiment code; see the module docstring), which keeps a
+      Byzantine worker's residual out of the honest rows.
+    num_workers: ``R``, required for ``memory="per_worker"`` (the memory is
+      stacked ``[R, ...]`` at ``init``).
     **gm_kwargs: forwarded to
       :func:`~byzjax.aggregators.geometric_median` (``max_iters``, ``tol``,
       ``nu``, ``method``, ``criterion``).
@@ -229,7 +264,9 @@ def block_geometric_median_descent(
   Raises:
     ValueError: naming the hyperparameter, for a bad ``num_coords``,
       ``block_fraction``, ``sampling``, ``key``, ``learning_rate``,
-      ``memory_clip`` or geometric-median argument.
+      ``memory_clip``, ``memory``, ``num_workers`` or geometric-median
+      argument, and at trace time if the updates' worker axis is not
+      ``num_workers``.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -259,6 +296,21 @@ def block_geometric_median_descent(
   _check_learning_rate(learning_rate)
   if memory_clip is not None:
     _checks.check_positive("memory_clip", memory_clip)
+  if memory not in ("shared", "per_worker"):
+    raise ValueError(
+        f"memory must be 'shared' or 'per_worker', got {memory!r}.")
+  per_worker = memory == "per_worker"
+  if per_worker:
+    if num_workers is None:
+      raise ValueError("memory='per_worker' needs num_workers (the memory "
+                       "has one row per worker).")
+    _checks.check_int("num_workers", num_workers, low=1)
+    if memory_clip is not None:
+      raise ValueError("memory_clip bounds each worker's share of the shared "
+                       "memory's mean; it has no meaning with "
+                       "memory='per_worker'.")
+  elif num_workers is not None:
+    _checks.check_int("num_workers", num_workers, low=1)
   _blk._validate_gm_kwargs(gm_kwargs, reserved=_RESERVED)
   # Fail now, not at the first update, on a bad geometric-median argument.
   jax.eval_shape(lambda x: geometric_median(x, **gm_kwargs),
@@ -271,7 +323,9 @@ def block_geometric_median_descent(
         params) else jnp.float32
     return BlockMemoryState(
         count=jnp.zeros([], jnp.int32),
-        memory=optax.tree.zeros_like(params),
+        memory=(jax.tree.map(lambda p: jnp.zeros(
+            (num_workers,) + jnp.shape(p), jnp.result_type(p)), params)
+                if per_worker else optax.tree.zeros_like(params)),
         key=key if use_key else None,
         indices=jnp.zeros([k], jnp.int32),
         mass=jnp.zeros([], dtype),
@@ -283,9 +337,13 @@ def block_geometric_median_descent(
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
-    btree.num_workers(updates)
+    r = btree.num_workers(updates)
+    if num_workers is not None and r != num_workers:
+      raise ValueError(
+          f"block_geometric_median_descent was built with num_workers="
+          f"{num_workers} but the updates have {r} workers on axis 0.")
     return _bgmd_update(updates, state, gm_dynamic, sampling=sampling,
                         learning_rate=learning_rate, memory_clip=memory_clip,
-                        gm_static=gm_static)
+                        gm_static=gm_static, per_worker=per_worker)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

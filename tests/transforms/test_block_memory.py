@@ -17,7 +17,7 @@ R, D, K = 9, 30, 7
 GM_KW = dict(tol=1e-8, max_iters=2000, method="direct")
 
 
-def _np_bgmd(grads, k, step_size, x0):
+def _np_bgmd(grads, k, step_size, x0, per_worker=False):
   """Algorithm 1 of Acharya et al., line by line, in float64.
 
   Args:
@@ -25,11 +25,15 @@ def _np_bgmd(grads, k, step_size, x0):
     k: block size.
     step_size: function t -> gamma_t.
     x0: initial parameters [d].
+    per_worker: one memory row per worker, m_{t+1}^i = G_t[i] - Delta_t[i]
+      (the authors' experiment code) instead of the mean over i (all rows
+      live).
 
   Returns:
     Per step: (selected indices, g~_t, memory m_{t+1}, parameters x_{t+1}).
   """
-  m = np.zeros(x0.shape)
+  m = np.zeros((len(grads[0]),) + x0.shape) if per_worker else np.zeros(
+      x0.shape)
   x = np.asarray(x0, np.float64)
   out = []
   for t, g in enumerate(grads):
@@ -40,7 +44,9 @@ def _np_bgmd(grads, k, step_size, x0):
     idx = np.sort(np.argsort(-score, kind="stable")[:k])
     delta = np.zeros_like(big_g)
     delta[:, idx] = big_g[:, idx]              # Delta_t: the block
-    m = (big_g - delta).mean(axis=0)           # m_{t+1} = mean_i(G - Delta)
+    m = big_g - delta                          # per worker: G - Delta
+    if not per_worker:
+      m = m.mean(axis=0)                       # m_{t+1} = mean_i(G - Delta)
     g_tilde = np.zeros(x.shape)
     g_tilde[idx] = helpers.np_geometric_median(big_g[:, idx])  # Gm(Delta_t)
     x = x - g_tilde                            # x_{t+1} = x_t - g~_t
@@ -101,6 +107,63 @@ def test_matches_algorithm_1(learning_rate, oracle_step):
         helpers.join_leaves(bgmd_state.memory) * memory_units, m,
         rtol=1e-5, atol=1e-6)
   assert int(history[-1][0][0].count) == len(grads)
+
+
+@pytest.mark.parametrize("learning_rate,oracle_step", [
+    (0.1, lambda t: 0.1),
+    (SCHEDULE, lambda t: 0.5 * 0.7 ** t),
+])
+def test_per_worker_memory_matches_oracle(learning_rate, oracle_step):
+  grads = _grads(1)
+  tx = optax.chain(
+      block_geometric_median_descent(K, learning_rate=learning_rate,
+                                     memory="per_worker", num_workers=R,
+                                     **GM_KW),
+      optax.sgd(learning_rate))
+  history = _run(tx, grads)
+  oracle = _np_bgmd(grads, K, oracle_step, np.zeros(D), per_worker=True)
+  for (state, params), (idx, _, m, x) in zip(history, oracle):
+    bgmd_state = state[0]
+    np.testing.assert_array_equal(np.asarray(bgmd_state.indices), idx)
+    np.testing.assert_allclose(helpers.join_leaves(params), x, atol=5e-5)
+    memory = np.stack([helpers.join_leaves(jax.tree.map(lambda l: l[i],
+                                                        bgmd_state.memory))
+                       for i in range(R)])
+    np.testing.assert_allclose(memory, m, rtol=1e-5, atol=1e-6)
+
+
+def _quadratic_run(memory, steps=60, **kw):
+  """BGMD on f(x) = |x - 1|^2 / 2 with 2 of 9 workers sending -100 g."""
+  rng = np.random.default_rng(3)
+  tx = optax.chain(block_geometric_median_descent(
+      K, learning_rate=0.1, memory=memory, **kw, **GM_KW), optax.sgd(0.1))
+  params = PARAMS
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for _ in range(steps):
+    x = helpers.join_leaves(jax.tree.map(lambda p: p[None], params))[0]
+    g = (x - 1.0) + 0.1 * rng.normal(size=(R, D))
+    g[:2] *= -100.0  # scaled bit flip
+    upd, state = update(helpers.split_leaves(g.astype(np.float32)), state,
+                        params)
+    params = optax.apply_updates(params, upd)
+  return helpers.join_leaves(jax.tree.map(lambda p: p[None], params))[0]
+
+
+def test_per_worker_memory_survives_a_bit_flip_the_shared_one_does_not():
+  robust = _quadratic_run("per_worker", num_workers=R)
+  shared = _quadratic_run("shared")
+  assert np.max(np.abs(robust - 1.0)) < 0.1
+  # The shared mean carries (7 - 200) / 9 ~ -21 honest residuals into every
+  # row: the iterate walks away from the optimum.
+  assert np.max(np.abs(shared - 1.0)) > 10.0
+
+
+def test_per_worker_memory_checks_the_worker_count():
+  tx = block_geometric_median_descent(K, memory="per_worker", num_workers=R)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match="num_workers"):
+    tx.update(helpers.split_leaves(_grads(0, 1)[0][:R - 1]), state)
 
 
 def test_outputs_are_the_block_median_in_gradient_units():
@@ -257,6 +320,11 @@ def test_block_fraction_and_hygiene():
     (dict(num_coords=2, tol=-1.0), "tol"),
     (dict(num_coords=2, weights=jnp.ones(3)), "weights"),
     (dict(num_coords=2, init=jnp.ones(3)), "init"),
+    (dict(num_coords=2, memory="mean"), "memory"),
+    (dict(num_coords=2, memory="per_worker"), "num_workers"),
+    (dict(num_coords=2, memory="per_worker", num_workers=0), "num_workers"),
+    (dict(num_coords=2, memory="per_worker", num_workers=3,
+          memory_clip=1.0), "memory_clip"),
 ])
 def test_bad_hyperparameters(kwargs, name):
   with pytest.raises(ValueError, match=name):
