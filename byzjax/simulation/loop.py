@@ -73,6 +73,13 @@ class Simulation:
     eval_fn: optional ``eval_fn(params) -> dict[str, scalar]`` run every
       ``eval_every`` steps.
     eval_every: steps between evaluations.
+    unroll: forwarded to the ``lax.scan`` over the ``eval_every`` steps of a
+      round (``True`` unrolls them all). On XLA:CPU, convolutions inside a
+      loop body run several times slower than in straight-line code
+      (jax-ml/jax#12868; a GroupNorm ResNet-8 step measured 4.7 s in the
+      loop against 0.86 s unrolled): for CNNs on CPU set ``unroll=True``
+      and call :func:`run` with ``num_evals=1`` (which has no outer loop)
+      from a host loop. Compile time grows with the unrolled length.
   """
   loss_fn: LossFn
   server_tx: optax.GradientTransformation
@@ -85,11 +92,14 @@ class Simulation:
   redraw_byzantine: bool = False
   eval_fn: Callable[[PyTree], dict[str, jax.Array]] | None = None
   eval_every: int = 10
+  unroll: int | bool = 1
 
   def __post_init__(self):
     _checks.check_int("num_workers", self.num_workers, low=1)
     _checks.check_int("batch_size", self.batch_size, low=1)
     _checks.check_int("eval_every", self.eval_every, low=1)
+    if not isinstance(self.unroll, bool):
+      _checks.check_int("unroll", self.unroll, low=1)
     if isinstance(self.num_byzantine, int):
       _checks.check_int("num_byzantine", self.num_byzantine, low=0,
                         high=self.num_workers)
@@ -227,11 +237,16 @@ def run(sim: Simulation, state: TrainState, data: WorkerData,
 
   def round_fn(state, _):
     state, losses = jax.lax.scan(lambda s, _: step(sim, s, data), state,
-                                 length=sim.eval_every)
+                                 length=sim.eval_every, unroll=sim.unroll)
     metrics = {"step": state.step, "train_loss": jnp.mean(losses)}
     if sim.eval_fn is not None:
       metrics.update(sim.eval_fn(state.params))
     metrics.update(byzantine_diagnostics(state.server_state, state.byzantine))
     return state, metrics
 
+  if num_evals == 1:
+    # No loop around a single round, so that ``unroll=True`` leaves no loop
+    # at all (see ``Simulation.unroll``).
+    state, metrics = round_fn(state, None)
+    return state, jax.tree.map(lambda m: m[None], metrics)
   return jax.lax.scan(round_fn, state, length=num_evals)

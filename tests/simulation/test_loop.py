@@ -89,6 +89,28 @@ def test_same_key_same_run_bit_for_bit():
                             np.asarray(c["train_loss"]))
 
 
+@pytest.mark.parametrize("unroll", [True, 3])
+def test_unrolled_rounds_follow_the_same_trajectory(unroll):
+  # Two rounds as one scan, and as two single-round calls (no outer loop)
+  # of a fully or partly unrolled step loop: the same run up to rounding.
+  key = jax.random.key(5)
+  final, metrics = _run(_sim(), key, num_evals=2)
+  sim = _sim(unroll=unroll)
+  one_round = jax.jit(functools.partial(simulation.run, sim, num_evals=1))
+  state = simulation.init(sim, _params(), key)
+  errs = []
+  for _ in range(2):
+    state, m = one_round(state, _data())
+    assert m["err"].shape == (1,)
+    errs.append(m["err"][0])
+  np.testing.assert_array_equal(state.step, final.step)
+  np.testing.assert_array_equal(jax.random.key_data(state.key),
+                                jax.random.key_data(final.key))
+  np.testing.assert_allclose(errs, metrics["err"], rtol=1e-4)
+  chex.assert_trees_all_close(state.params, final.params, rtol=1e-4,
+                              atol=1e-6)
+
+
 def test_resume_continues_identically(tmp_path):
   sim = _sim()
   data = _data()
@@ -225,3 +247,5 @@ def test_bad_configuration():
                           num_workers=R, batch_size=0)
   with pytest.raises(ValueError, match="num_workers"):
     simulation.shard_workers(_data(), simulation.worker_mesh(3))
+  with pytest.raises(ValueError, match="unroll"):
+    _sim(unroll=0)
