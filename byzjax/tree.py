@@ -74,9 +74,15 @@ def _rows(leaf: jax.Array) -> jax.Array:
   return jnp.reshape(leaf, (leaf.shape[0], -1))
 
 
-def _per_row(leaf: jax.Array, shape_like: jax.Array) -> jax.Array:
-  """Broadcasts a per-worker vector ``[R]`` against a stacked leaf."""
-  return jnp.reshape(shape_like, (-1,) + (1,) * (leaf.ndim - 1))
+def per_row(leaf: jax.Array, values: jax.Array) -> jax.Array:
+  """Reshapes a per-worker vector ``[R]`` to broadcast against a stacked leaf.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> per_row(jnp.zeros((3, 4, 5)), jnp.arange(3)).shape
+    (3, 1, 1)
+  """
+  return jnp.reshape(values, (-1,) + (1,) * (leaf.ndim - 1))
 
 
 def _sum_over_leaves(per_leaf: PyTree) -> jax.Array:
@@ -100,7 +106,7 @@ def live_workers(stacked: PyTree) -> jax.Array:
 def mask_workers(stacked: PyTree, keep: jax.Array, fill: float = 0.0) -> PyTree:
   """Replaces the rows of workers with ``keep[i] == False`` by ``fill``."""
   return jax.tree.map(
-      lambda x: jnp.where(_per_row(x, keep), x, jnp.asarray(fill, x.dtype)),
+      lambda x: jnp.where(per_row(x, keep), x, jnp.asarray(fill, x.dtype)),
       stacked)
 
 
@@ -182,7 +188,7 @@ def _row_norms(stacked: PyTree) -> tuple[jax.Array, jax.Array]:
     e = jnp.where(finite, pow2_exponent(m), 0)
     f1, f2 = _pow2_factors(e, m.dtype)
     def leaf_sq(x):
-      y = x * _per_row(x, f1).astype(x.dtype) * _per_row(x, f2).astype(x.dtype)
+      y = x * per_row(x, f1).astype(x.dtype) * per_row(x, f2).astype(x.dtype)
       return jnp.sum(_rows(jnp.square(y)), axis=1)
     return jnp.sqrt(_sum_over_leaves(jax.tree.map(leaf_sq, tree))), e
 
@@ -343,8 +349,8 @@ def standardize(stacked: PyTree, live: jax.Array, center: PyTree | None = None,
   f2 = jnp.where(tamed, f2 * (radius / jnp.maximum(n, jnp.finfo(n.dtype).tiny)), f2)
 
   def leaf_u(d):
-    u = d * _per_row(d, f1).astype(d.dtype) * _per_row(d, f2).astype(d.dtype)
-    return jnp.where(_per_row(d, live) & jnp.isfinite(u), u, 0.0)
+    u = d * per_row(d, f1).astype(d.dtype) * per_row(d, f2).astype(d.dtype)
+    return jnp.where(per_row(d, live) & jnp.isfinite(u), u, 0.0)
 
   u = jax.tree.map(leaf_u, diff)
   std_dist = jnp.where(tamed, radius, jnp.where(live, rel, 0.0))

@@ -1,5 +1,9 @@
 """Small helpers shared by the tests (import as ``from tests import helpers``)."""
 
+import importlib.util
+import pathlib
+import sys
+
 import numpy as np
 
 
@@ -31,3 +35,16 @@ def np_geometric_median(x, weights=None, iters=20000, tol=1e-13):
       return z_new
     z = z_new
   return z
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str, module_name: str):
+  """Imports a script of the repository (e.g. ``experiments/ghosh.py``)."""
+  spec = importlib.util.spec_from_file_location(module_name,
+                                                REPO / relative_path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[module_name] = module
+  spec.loader.exec_module(module)
+  return module

@@ -8,29 +8,18 @@ checks that the byzjax and NumPy versions of every aggregator agree.
 
 import concurrent.futures
 import functools
-import importlib.util
 import json
 import math
-import pathlib
 import sys
 
 import jax
 import numpy as np
 import pytest
 
-_BENCH_DIR = pathlib.Path(__file__).resolve().parents[1] / "experiments" / (
-    "benchmarks")
+from tests import helpers
 
-
-def _load(name, filename):
-  spec = importlib.util.spec_from_file_location(name, _BENCH_DIR / filename)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load("_bench_aggregators", "aggregators.py")
+bench = helpers.load_script("experiments/benchmarks/aggregators.py",
+                             "_bench_aggregators")
 npref = bench.npref
 
 R, D = bench.SIZES["tiny"][0]

@@ -11,10 +11,7 @@ to end on a tiny synthetic dataset.
 import csv
 import dataclasses
 import functools
-import importlib.util
 import json
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,20 +21,10 @@ import pytest
 from byzjax import models
 from byzjax.aggregators.geometric_median import geometric_median
 from byzjax.data.partition import Dataset
+from tests import helpers
 
-_BENCH = (pathlib.Path(__file__).resolve().parents[1] / "experiments" /
-          "benchmarks" / "simulation.py")
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location("_bench_simulation", _BENCH)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["_bench_simulation"] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load()
+bench = helpers.load_script("experiments/benchmarks/simulation.py",
+                             "_bench_simulation")
 
 # Tiny sizes: 4 workers x 24 images of 6x6 pixels, batch 8.
 R, N_PER, SIDE, B = 4, 24, 6, 8

@@ -48,10 +48,6 @@ class CenteredClippingState(NamedTuple):
   num_clipped: jax.Array  # int32 (): workers clipped in the last iteration
 
 
-def _per_row(x: jax.Array, v: jax.Array) -> jax.Array:
-  return jnp.reshape(v, (-1,) + (1,) * (x.ndim - 1))
-
-
 def _cc_step(clean: PyTree, live: jax.Array, n_live: jax.Array,
              center: PyTree, radius: float):
   """One (CC) iteration on rows with erasures already zeroed."""
@@ -60,8 +56,8 @@ def _cc_step(clean: PyTree, live: jax.Array, n_live: jax.Array,
   center_max = btree.max_abs(jax.tree.map(lambda c: c[None], center))[0]
   e = btree.pow2_exponent(jnp.maximum(btree.max_abs(clean), center_max))
   y = jax.tree.map(
-      lambda x, c: jnp.ldexp(x, -_per_row(x, e))
-      - jnp.ldexp(c[None], -_per_row(x, e)), clean, center)
+      lambda x, c: jnp.ldexp(x, -btree.per_row(x, e))
+      - jnp.ldexp(c[None], -btree.per_row(x, e)), clean, center)
   y_norm = jnp.sqrt(btree.sq_norms(y))  # <= 2 sqrt(d): finite
   dtype = y_norm.dtype
   log_dist = jnp.log2(y_norm) + e.astype(dtype)  # log2 ||x_i - v||

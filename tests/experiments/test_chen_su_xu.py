@@ -1,28 +1,18 @@
 """Tests of experiments/chen_su_xu.py: its pieces, and the --quick run."""
 
-import importlib.util
 import math
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-_PATH = (pathlib.Path(__file__).resolve().parents[2] / "experiments"
-         / "chen_su_xu.py")
+from tests import helpers
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location("_exp_chen_su_xu", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
 
 
-csx = _load()
+csx = helpers.load_script("experiments/chen_su_xu.py", "_exp_chen_su_xu")
 
 
 def test_byzantine_mask_puts_one_worker_per_group():

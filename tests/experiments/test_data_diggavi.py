@@ -1,9 +1,6 @@
 """Tests of experiments/data_diggavi.py: its pieces, and the --quick run."""
 
-import importlib.util
 import os
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,19 +10,12 @@ import pytest
 from byzjax.attacks.gradient import annulus
 from byzjax.compression import draw_coordinates
 
-_PATH = (pathlib.Path(__file__).resolve().parents[2] / "experiments"
-         / "data_diggavi.py")
+from tests import helpers
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location("_exp_data_diggavi", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
 
 
-dd = _load()
+dd = helpers.load_script("experiments/data_diggavi.py", "_exp_data_diggavi")
 
 
 def test_fit_slope_recovers_power_law():

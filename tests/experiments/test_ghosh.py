@@ -1,8 +1,5 @@
 """Tests of experiments/ghosh.py: its pieces, and the --quick run."""
 
-import importlib.util
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,19 +9,12 @@ import pytest
 from byzjax import compression
 from byzjax.transforms.compress import NormMessage
 
-_PATH = (pathlib.Path(__file__).resolve().parents[2] / "experiments"
-         / "ghosh.py")
+from tests import helpers
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location("_exp_ghosh", _PATH)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
 
 
-ghosh = _load()
+ghosh = helpers.load_script("experiments/ghosh.py", "_exp_ghosh")
 
 
 def test_error_feedback_sends_norm_of_corrected_update():
