@@ -1,0 +1,164 @@
+"""Tests of experiments/acharya.py: its pieces, and the --quick run."""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import helpers
+from tests.helpers import np_geometric_median
+
+
+
+
+acharya = helpers.load_script("experiments/acharya.py", "_exp_acharya")
+
+
+def test_rows_match_the_paper_table():
+  assert set(acharya.ROWS) == set(acharya.PAPER)
+  assert len(acharya.ROWS) == 11
+  for row, (_, fraction) in acharya.ROWS.items():
+    assert row == "clean" or row.endswith(f"_{round(100 * fraction)}")
+
+
+@pytest.mark.parametrize("row,expected", [
+    ("clean", 0), ("bit_flip_20", 6), ("bit_flip_40", 12),
+    ("impulse_20", 6), ("backdoor_40", 12)])
+def test_num_byzantine_is_floor_of_fraction_of_32(row, expected):
+  assert acharya.num_byzantine(row, 32) == expected
+
+
+def test_num_byzantine_exact_fractions():
+  assert acharya.num_byzantine("bit_flip_20", 10) == 2
+  assert acharya.num_byzantine("bit_flip_40", 10) == 4
+
+
+def test_gradient_corruptions_rewrite_only_byzantine_rows():
+  g = {"w": jnp.arange(12.0).reshape(4, 3) + 1.0}
+  byz = jnp.array([True, False, False, True])
+  attack, data_attack = acharya.corruption("bit_flip_20", jax.random.key(0))
+  assert data_attack is None
+  out, _ = attack.update(g, attack.init(g), byzantine=byz)
+  np.testing.assert_allclose(out["w"][0], -100 * g["w"][0])
+  np.testing.assert_allclose(out["w"][1:3], g["w"][1:3])
+  attack, _ = acharya.corruption("additive_40", jax.random.key(1))
+  out, _ = attack.update(g, attack.init(g), byzantine=byz)
+  np.testing.assert_allclose(out["w"][1:3], g["w"][1:3])
+  noise = np.asarray(out["w"] - g["w"])[np.asarray(byz)]
+  assert np.all(np.abs(noise) > 0) and np.std(noise) > 3  # sd 10
+
+
+def test_data_corruptions():
+  key = jax.random.key(0)
+  x = jnp.full((5, 28, 28, 1), 0.5)
+  y = jnp.arange(5, dtype=jnp.int32)
+  _, attack = acharya.corruption("backdoor_20", key)
+  ax, ay = attack(key, x, y)
+  np.testing.assert_array_equal(ay, np.full(5, acharya.BACKDOOR_CLASS))
+  np.testing.assert_array_equal(ax, x)
+  _, attack = acharya.corruption("impulse_40", key)
+  ax, ay = attack(key, x, y)
+  np.testing.assert_array_equal(ay, y)
+  hit = np.asarray(ax != 0.5)
+  assert 0.85 < hit.mean() < 0.95  # 90% of the pixels
+  assert set(np.unique(np.asarray(ax)[hit])) <= {0.0, 1.0}
+  _, attack = acharya.corruption("feature_additive_20", key)
+  ax, _ = attack(key, x, y)
+  assert 8 < float(jnp.std(ax - x)) < 12  # variance 100
+  assert acharya.corruption("clean", key) == (None, None)
+
+
+@pytest.mark.parametrize("name", acharya.AGGREGATORS)
+def test_server_tx_aggregates_like_numpy(name):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(7, 5)).astype(np.float32)
+  x[0] += 50.0  # one outlier
+  params = {"w": jnp.zeros(5)}
+  # block fraction 1: BGMD's block is every coordinate, i.e. the full GM.
+  tx = acharya.server_tx(name, learning_rate=1.0, num_workers=7,
+                         block_fraction=1.0, gm_iters=500)
+  update, _ = jax.jit(tx.update)({"w": jnp.asarray(x)}, tx.init(params),
+                                 params)
+  expected = {"sgd": x.mean(0), "cmd": np.median(x, 0),
+              "gmd": np_geometric_median(x),
+              "bgmd": np_geometric_median(x),
+              "bgmd_pw": np_geometric_median(x)}[name]
+  np.testing.assert_allclose(-np.asarray(update["w"]), expected, rtol=2e-4,
+                             atol=2e-4)
+
+
+def test_time_to_reach_and_speedup():
+  wall = np.array([0.0, 1.0, 2.0, 3.0])
+  acc = np.array([0.1, 0.5, 0.8, 0.9])
+  assert acharya.time_to_reach(wall, acc, 0.8) == 2.0
+  assert np.isnan(acharya.time_to_reach(wall, acc, 0.95))
+  rows = []
+  for agg, scale in (("bgmd", 1.0), ("gmd", 3.0)):
+    for s, (w, a) in enumerate(zip(wall, acc)):
+      rows.append(dict(row="clean", aggregator=agg, step=s, wall_s=scale * w,
+                       test_accuracy=a, seed=0))
+  s = acharya.speedup(rows, "clean", "bgmd")
+  assert s["speedup"] == pytest.approx(3.0)
+  assert s["per_step"] == pytest.approx(3.0)
+  assert s["target"] == pytest.approx(0.99 * 0.9)
+
+
+def test_load_rows_round_trips_and_reuse_selects(tmp_path):
+  rows = [dict(row="clean", aggregator=a, step=s, epoch=s / 4, wall_s=0.5 * s,
+               train_loss=float("nan") if s == 0 else 1.0 / s,
+               test_accuracy=0.1 * s, backdoor_rate=0.0, compile_s=1.0,
+               seed=0) for a in ("sgd", "gmd") for s in range(3)]
+  from byzjax import simulation
+  simulation.write_csv(rows, str(tmp_path / "table.csv"))
+  back = acharya.load_rows(str(tmp_path / "table.csv"))
+  assert len(back) == len(rows)
+  for a, b in zip(rows, back):
+    assert a.keys() == b.keys()
+    for k in a:
+      if isinstance(a[k], float) and np.isnan(a[k]):
+        assert np.isnan(b[k])
+      else:
+        assert a[k] == b[k] and type(a[k]) is type(b[k]), k
+  assert len(acharya._reused(back, "clean", "gmd", 0)) == 3
+  assert acharya._reused(back, "clean", "cmd", 0) == []
+  assert acharya.load_rows(str(tmp_path / "missing.csv")) == []
+
+
+def test_final_stats_counts_divergence():
+  rows = [dict(row="r", aggregator="sgd", step=10, seed=s, wall_s=1.0,
+               test_accuracy=a, train_loss=l, backdoor_rate=0.0)
+          for s, (a, l) in enumerate([(0.8, 0.5), (0.1, 2.3),
+                                      (0.7, float("nan"))])]
+  st = acharya.final_stats(rows, row="r", aggregator="sgd")
+  assert st["n"] == 3 and st["n_diverged"] == 2
+  assert st["acc_mean"] == pytest.approx(0.8)
+  assert acharya._cell(st).startswith("80.00")
+
+
+@pytest.mark.slow
+def test_quick_run(tmp_path):
+  out = acharya.main(["--quick", "--out", str(tmp_path)])
+  for name in ("table.csv", "hetero.csv", "timing.csv", "table.png",
+               "hetero.png", "summary.md", "config.json"):
+    assert (tmp_path / name).exists(), name
+  rows = out["table"]
+  stats = {(row, a): acharya.final_stats(rows, row=row, aggregator=a)
+           for row in out["cfg"]["rows"] for a in acharya.AGGREGATORS}
+  # Training works, the mean breaks under the -100 g bit flip of 3 of 8
+  # workers and the geometric median (full, or by blocks with per-worker
+  # memory) does not.
+  assert stats["clean", "sgd"]["acc_mean"] > 0.5
+  assert stats["bit_flip_40", "sgd"]["n_diverged"] == 1
+  for agg in ("bgmd_pw", "gmd"):
+    assert stats["bit_flip_40", agg]["n_diverged"] == 0
+    assert stats["bit_flip_40", agg]["acc_mean"] > 0.3
+  # Algorithm 1's shared memory averages the -100 g residuals into every
+  # row; the per-worker memory keeps them in the Byzantine rows.
+  assert (stats["bit_flip_40", "bgmd_pw"]["acc_all_mean"]
+          > stats["bit_flip_40", "bgmd"]["acc_all_mean"] + 0.1)
+  # The backdoor pushes the mean towards class 8 more than the median does.
+  assert (stats["backdoor_20", "sgd"]["backdoor_rate"]
+          > stats["clean", "sgd"]["backdoor_rate"])
+  assert len(out["timing"]) == 1 + len(acharya.AGGREGATORS)
+  assert all(r["seconds"] > 0 for r in out["timing"])
