@@ -61,6 +61,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -82,6 +83,9 @@ from byzjax.data import fashion_mnist
 from byzjax.data import partition
 from byzjax.data.partition import Dataset
 from byzjax.transforms.block_memory import block_geometric_median_descent
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _figures  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 AGGREGATORS = ("sgd", "cmd", "bgmd", "bgmd_pw", "gmd")
 LABELS = {"sgd": "SGD (mean)", "cmd": "CMD (coord. median)",
@@ -506,16 +510,9 @@ def speedup(rows, row, fast="bgmd_pw") -> dict[str, float]:
               per_step=(w_g[-1] / w_b[-1]) if w_b[-1] > 0 else float("nan"))
 
 
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
 def plot_curves(rows, row_names, aggregators, path, title) -> None:
   """Accuracy vs training wall-clock, one panel per row (Figures 2-4)."""
-  plt = _plt()
+  plt = _figures.pyplot()
   cols = min(4, len(row_names))
   nrows = -(-len(row_names) // cols)
   fig, axes = plt.subplots(nrows, cols, squeeze=False,
@@ -533,9 +530,7 @@ def plot_curves(rows, row_names, aggregators, path, title) -> None:
     ax.axis("off")
   axes.flat[0].legend(fontsize=7)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _figures.save(fig, path, dpi=120)
 
 
 def _cell(stats) -> str:

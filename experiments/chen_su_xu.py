@@ -65,6 +65,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -80,6 +81,9 @@ from byzjax.aggregators.geometric_median_of_means import (
     geometric_median_of_means)
 from byzjax.attacks.gradient import annulus_attack
 from byzjax.data.partition import WorkerData
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _figures  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 AGGREGATORS = ("gmom", "mean", "gm")
 LABELS = {"gmom": "GMoM, k = 2(1+ε)q", "mean": "mean (k = 1)",
@@ -241,9 +245,7 @@ def predicted_plateau(q, k, n_total, dim, noise_std, oracle):
 
 
 def _plot_curves(curves, cfg, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _figures.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   steps = np.arange(1, cfg["steps"] + 1)
   n = cfg["n_for_q_sweep"]
@@ -262,9 +264,7 @@ def _plot_curves(curves, cfg, path):
     ax.set_ylabel("‖θ_t − θ*‖ (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  _figures.save(fig, path, dpi=90)
 
 
 def _groups(name, q, m, eps):
@@ -274,9 +274,7 @@ def _groups(name, q, m, eps):
 
 
 def _plot_scaling(plateau, cfg, path, *, eps, noise_std):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _figures.pyplot()
   import matplotlib.ticker  # pylint: disable=g-import-not-at-top,unused-import
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   m, d = cfg["num_workers"], cfg["dim"]
@@ -323,9 +321,7 @@ def _plot_scaling(plateau, cfg, path, *, eps, noise_std):
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  _figures.save(fig, path, dpi=90)
 
 
 def _fmt(stat):

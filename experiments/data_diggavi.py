@@ -81,6 +81,9 @@ from byzjax.data import partition
 from byzjax.data import synthetic
 from byzjax.transforms.aggregate import AggregateState
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _figures  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 HIGHEST = jax.lax.Precision.HIGHEST
 PARTS = ("a", "b", "c", "d", "e")
 NAMES = {"a": "a_dimension", "b": "b_batch_size", "c": "c_breakdown",
@@ -891,13 +894,6 @@ def _fmt(v, spec=".3g"):
   return format(v, spec)
 
 
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
 def _log_xticks(ax, values) -> None:
   """Log x axis labelled at ``values`` (plain numbers, no minor labels)."""
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
@@ -916,7 +912,7 @@ PLOT_FLOOR = 1e-4
 
 
 def report_a(s, names, path_png) -> str:
-  plt = _plt()
+  plt = _figures.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.9))
   dims = s["dims"]
   eps = F_AGG / R_AGG
@@ -960,9 +956,7 @@ def report_a(s, names, path_png) -> str:
   axes[1].set_title("excess error vs the attack's radius", fontsize=10)
   axes[1].legend(fontsize=6, ncol=2)
   axes[1].grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path_png, dpi=90)
-  plt.close(fig)
+  _figures.save(fig, path_png, dpi=90)
 
   lines = ["## (a) Aggregation error vs dimension", "",
            f"R = {R_AGG} workers, f = {F_AGG} Byzantine (eps = {eps:g}), "
@@ -1020,7 +1014,7 @@ def report_a(s, names, path_png) -> str:
 
 
 def report_b(s, path_png) -> str:
-  plt = _plt()
+  plt = _figures.pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.9))
   bs = s["batch_sizes"]
   for key, ys in s["curves"].items():
@@ -1038,9 +1032,7 @@ def report_b(s, path_png) -> str:
   ax.set_title("linear regression, annulus attack at radius c")
   ax.legend(fontsize=6)
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path_png, dpi=90)
-  plt.close(fig)
+  _figures.save(fig, path_png, dpi=90)
   lines = ["## (b) Error vs mini-batch size", "",
            f"Per-sample gradient variance at the optimum σ² = "
            f"{s['sigma2']:.4g} (trace), so a worker's stochastic gradient has "
@@ -1066,7 +1058,7 @@ def report_b(s, path_png) -> str:
 
 
 def report_c(s, path_png) -> str:
-  plt = _plt()
+  plt = _figures.pyplot()
   radii = sorted(next(iter(s["curves"].values())).keys())
   fig, axes = plt.subplots(1, len(radii), figsize=(4.2 * len(radii), 3.6),
                            squeeze=False)
@@ -1082,9 +1074,7 @@ def report_c(s, path_png) -> str:
     ax.set_title(f"radius c = {c:g}")
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path_png, dpi=90)
-  plt.close(fig)
+  _figures.save(fig, path_png, dpi=90)
   lo, hi = s["radius_pair"]
   lines = ["## (c) Breakdown: excess error vs eps", "",
            f"d = {s['dim']}, R = {R_AGG}, annulus attack at radius c; excess "
@@ -1113,7 +1103,7 @@ def report_c(s, path_png) -> str:
 
 
 def report_d(s, path_png) -> str:
-  plt = _plt()
+  plt = _figures.pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.9))
   for key, (xs, ys) in s["curves"].items():
     ax.plot(np.maximum(xs, 1e-3), ys,
@@ -1127,9 +1117,7 @@ def report_d(s, path_png) -> str:
   ax.set_title(f"heterogeneous linear regression, b={s['batch']}")
   ax.legend(fontsize=6)
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path_png, dpi=90)
-  plt.close(fig)
+  _figures.save(fig, path_png, dpi=90)
   settings = [(a, f, c) for a in ("spectral_filter", "mean")
               for f, c in s["settings"]]
   ref = settings[0]
@@ -1168,7 +1156,7 @@ def report_d(s, path_png) -> str:
 
 
 def report_e(s, path_png) -> str:
-  plt = _plt()
+  plt = _figures.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.7))
   for (f, k), (steps, errs) in sorted(s["curves"].items(),
                                       key=lambda kv: (kv[0][0], -kv[0][1])):
@@ -1204,9 +1192,7 @@ def report_e(s, path_png) -> str:
   axes[2].set_title(f"decoding time, R={R_AGG}, d={full['dim']}", fontsize=10)
   axes[2].legend(fontsize=6)
   axes[2].grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path_png, dpi=90)
-  plt.close(fig)
+  _figures.save(fig, path_png, dpi=90)
   lines = ["## (e) Compressed variant (shared rand-k, Algorithm 2)", "",
            f"d = {s['dim']}, {s['steps']} steps, R = {R_AGG}, annulus attack "
            "at radius 1 (applied to the full gradients; the server sees its "

@@ -52,6 +52,7 @@ Usage::
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
@@ -77,6 +78,9 @@ from byzjax.transforms.compress import using_sent_norms
 from byzjax.transforms.compress import with_norm
 from byzjax.transforms.error_feedback import error_feedback
 from byzjax.transforms.per_worker import per_worker
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _figures  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 METHODS = ("threshold", "mean", "signsgd_mv", "ef_threshold", "ef_mean")
 LABELS = {
@@ -275,9 +279,7 @@ def curve(rows, metric, **conds):
 
 
 def _plot_linreg(rows, cfg, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _figures.pyplot()
   byz = cfg["byzantine"]
   fig, axes = plt.subplots(len(FIGURES), len(byz), squeeze=False,
                            figsize=(3.6 * len(byz), 2.8 * len(FIGURES)))
@@ -297,15 +299,11 @@ def _plot_linreg(rows, cfg, path):
       ax.set_ylabel("‖w_t − w*‖")
       ax.grid(alpha=0.3)
       ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=70)
-  plt.close(fig)
+  _figures.save(fig, path, dpi=70)
 
 
 def _plot_nn(rows, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _figures.pyplot()
   fig, axes = plt.subplots(1, len(NN_ATTACKS), figsize=(5 * len(NN_ATTACKS),
                                                        3.4))
   for ax, attack in zip(axes, NN_ATTACKS):
@@ -321,9 +319,7 @@ def _plot_nn(rows, path):
     ax.set_ylabel("training cross-entropy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  _figures.save(fig, path, dpi=80)
 
 
 def _final(rows, metric, **conds):

@@ -46,6 +46,9 @@ from byzjax.data import partition
 from byzjax.data import synthetic
 from byzjax import models
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _figures  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 NUM_WORKERS = 20
 NUM_BYZANTINE = 4
 
@@ -112,9 +115,7 @@ def _build_for(task, eval_every):
 
 
 def _plot(rows, tasks, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _figures.pyplot()
   fig, axes = plt.subplots(len(tasks), len(ATTACKS), squeeze=False,
                            figsize=(5 * len(ATTACKS), 3.6 * len(tasks)))
   for i, task in enumerate(tasks):
@@ -136,9 +137,7 @@ def _plot(rows, tasks, path):
         ax.set_yscale("log")
       ax.grid(alpha=0.3)
       ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _figures.save(fig, path, dpi=110)
 
 
 def _summary(rows, tasks, seconds):
