@@ -1,0 +1,1 @@
+"""The ``byzjax run`` robustness benchmark: config, grid, store and report."""
