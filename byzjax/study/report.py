@@ -466,8 +466,8 @@ def _color_scale(plt, values, higher_is_better):
   """Shared colormap and norm: best is yellow, worst is dark purple."""
   from matplotlib import colors  # pylint: disable=g-import-not-at-top
   finite = np.asarray([v for v in values if math.isfinite(v)])
-  cmap = plt.get_cmap("viridis" if higher_is_better else "viridis_r").copy()
-  cmap.set_bad("#d9d9d9")  # missing cells
+  cmap = plt.get_cmap("viridis" if higher_is_better else "viridis_r")
+  cmap = cmap.with_extremes(bad="#d9d9d9")  # missing cells
   if finite.size == 0:
     return cmap, colors.Normalize(0.0, 1.0)
   lo, hi = float(finite.min()), float(finite.max())
