@@ -73,7 +73,7 @@ class FinalValue(NamedTuple):
 
 
 class WorstCase(NamedTuple):
-  """One line of the worst-case table: a defense at one (R, f, heterogeneity)."""
+  """A line of the worst-case table: a defense at (R, f, heterogeneity)."""
   defense: str
   num_workers: int
   num_byzantine: int
@@ -153,7 +153,7 @@ def _cell_key(row: Mapping[str, Any], select: Sequence[str]) -> tuple:
 
 
 def _runs(rows, metric, select):
-  """Groups rows by run: {cell key: {seed: {round: row}}}, in first-seen order."""
+  """Groups rows: {cell key: {seed: {round: row}}}, in first-seen order."""
   _check_rows(rows, metric, select)
   runs: dict = {}
   for row in rows:
@@ -850,7 +850,8 @@ def write_report(rows: Sequence[Mapping[str, Any]], out_dir: str, *,
     lines += ["## Curves", "",
               f"`{metric}` against training step, per attack, one line per "
               "defense (at its selected hyperparameters); line = seed mean, "
-              "band = seed min-max."]
+              "band = seed min-max. One figure per (f, R, heterogeneity) "
+              f"setting, at most {MAX_CURVE_FIGURES}."]
     if omitted_settings:
       lines.append(
           f"At most {MAX_CURVE_FIGURES} figures are drawn; "
