@@ -67,18 +67,22 @@ def vmapped_runs(build: BuildFn, data: loop.WorkerData, *, num_evals: int,
   points = _points(numeric or {})
   keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.asarray(seed_list))
 
-  def one(hp, k):
+  def one(hp, k, data):
     hp = {n: v for n, v in hp.items() if n != _NO_POINTS}
     sim, state = build(hp, k)
     _, metrics = loop.run(sim, state, data, num_evals)
     return metrics
 
-  over_seeds = jax.vmap(one, in_axes=(None, 0))
-  over_points = jax.vmap(over_seeds, in_axes=(0, None))
+  # The data is an argument of the compiled program, not a constant baked
+  # into it: compiling a program with a large constant is slow, and the
+  # same program then serves every dataset of the same shapes (the
+  # persistent compilation cache keys on the program).
+  over_seeds = jax.vmap(one, in_axes=(None, 0, None))
+  over_points = jax.vmap(over_seeds, in_axes=(0, None, None))
   hp_arrays = {n: jnp.asarray(v) for n, v in points.items()}
   if not points:  # one point with no hyperparameters: a dummy axis of size 1
     hp_arrays = {_NO_POINTS: jnp.zeros(1)}
-  metrics = jax.tree.map(np.asarray, jax.jit(over_points)(hp_arrays, keys))
+  metrics = jax.tree.map(np.asarray, jax.jit(over_points)(hp_arrays, keys, data))
   return {n: np.asarray(v) for n, v in points.items()}, metrics
 
 

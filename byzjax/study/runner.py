@@ -59,6 +59,9 @@ class Cell:
         "task": dataclasses.asdict(config.task),
         "training": dataclasses.asdict(config.training),
         "heterogeneity": self.heterogeneity,
+        # The data are padded to the longest shard over all settings, which
+        # the batch sampling sees: the settings list is part of the identity.
+        "padded_like": list(config.heterogeneity),
         "num_byzantine": self.num_byzantine,
         "num_workers": self.num_workers,
         "defense": dataclasses.asdict(self.defense),
@@ -72,8 +75,8 @@ class Cell:
   def program_key(self) -> tuple:
     """Cells with the same key compile to the same program."""
     f_part = None if self.defense.rule in _F_FREE else self.num_byzantine
-    return (self.heterogeneity, self.num_workers, self.defense, self.attack,
-            f_part)
+    # Heterogeneity settings are padded to common shapes (Task.partition).
+    return (self.num_workers, self.defense, self.attack, f_part)
 
   def describe(self) -> str:
     return (f"{self.heterogeneity} f={self.num_byzantine}/{self.num_workers} "
@@ -170,7 +173,9 @@ def run_cell(config: StudyConfig, task, cell: Cell, *, key: jax.Array,
              log: Callable[[str], None] = print) -> list[dict]:
   """Runs every (learning rate, seed) of a cell; returns its tidy rows."""
   t = config.training
-  data = task.partition(cell.heterogeneity, cell.num_workers, t.data_seed)
+  data = task.partition(cell.heterogeneity, cell.num_workers, t.data_seed,
+                        pad_like=config.heterogeneity,
+                        min_size=t.batch_size)
   if devices > 1:
     mesh = simulation.worker_mesh(jax.devices()[:devices])
     data = simulation.shard_workers(data, mesh)

@@ -41,26 +41,53 @@ class Task:
   note: str = ""                  # e.g. which dataset replaced a missing one
   _partitions: dict = dataclasses.field(default_factory=dict)
 
-  def partition(self, heterogeneity: str, num_workers: int,
-                data_seed: int) -> partition.WorkerData:
-    """The worker data for one heterogeneity setting (cached)."""
-    cache_key = (heterogeneity, num_workers, data_seed)
+  def indices(self, heterogeneity: str, num_workers: int,
+              data_seed: int, min_size: int = 1) -> partition.Partition:
+    """Which samples each worker holds under one setting (cached).
+
+    Dirichlet draws are repeated until every worker holds ``min_size``
+    samples (the batch size), as :func:`byzjax.data.dirichlet_indices` does.
+    """
+    cache_key = (heterogeneity, num_workers, data_seed, min_size)
     if cache_key not in self._partitions:
       kind, value = registry.parse_heterogeneity(heterogeneity, ValueError)
       key = jax.random.fold_in(jax.random.key(data_seed), 1)
+      n = int(np.shape(self.train.x)[0])
       if kind == "iid":
-        data = partition.iid_partition(key, self.train, num_workers)
+        part = partition.iid_indices(key, n, num_workers)
       elif kind == "dirichlet":
-        data = partition.dirichlet_partition(key, self.train, num_workers,
-                                             alpha=value)
+        part = partition.dirichlet_indices(key, self.train.y, num_workers,
+                                           alpha=value, min_size=min_size)
       elif kind == "shards":
-        data = partition.class_sharded_partition(
-            key, self.train, num_workers, shards_per_worker=int(value))
+        part = partition.class_sharded_indices(
+            key, self.train.y, num_workers, shards_per_worker=int(value))
       else:
-        data = partition.gamma_similarity_partition(key, self.train,
-                                                    num_workers, gamma=value)
-      self._partitions[cache_key] = data
+        part = partition.gamma_similarity_indices(key, self.train.y,
+                                                  num_workers, gamma=value)
+      self._partitions[cache_key] = part
     return self._partitions[cache_key]
+
+  def partition(self, heterogeneity: str, num_workers: int, data_seed: int,
+                *, pad_like: tuple[str, ...] = (),
+                min_size: int = 1) -> partition.WorkerData:
+    """The worker data for one setting.
+
+    Padded to the longest shard over the settings ``pad_like`` (the study's
+    heterogeneity settings), so that every setting has the same shapes and
+    compiles to the same program: the persistent compilation cache then
+    serves all settings from one compilation.
+    """
+    def part(h):
+      return self.indices(h, num_workers, data_seed, min_size)
+    n_max = max(int(np.max(part(h).size))
+                for h in (heterogeneity,) + tuple(pad_like))
+    sizes = part(heterogeneity).size
+    if int(np.min(sizes)) < min_size:
+      raise ValueError(
+          f"heterogeneity {heterogeneity!r} with R = {num_workers} gives a "
+          f"worker {int(np.min(sizes))} samples, fewer than the batch size "
+          f"{min_size}; lower batch_size or raise train_samples.")
+    return partition.shard(self.train, part(heterogeneity), n_max=n_max)
 
 
 def _subsample(dataset, n, seed):
