@@ -75,6 +75,13 @@ def _check_keys(where: str, table: Mapping[str, Any], valid: Sequence[str]):
                         _suggest(key, valid))
 
 
+def _check_finite_args(where: str, args: Mapping[str, Any]) -> None:
+  for k, v in args.items():
+    if isinstance(v, float) and not v - v == 0:
+      raise ConfigError(f"{where}: argument {k} = {v!r} must be a finite "
+                        "number.")
+
+
 def _as_list(where: str, value) -> list:
   if isinstance(value, (list, tuple)):
     if not value:
@@ -341,6 +348,7 @@ def _parse_defense(d) -> DefenseConfig:
   args = d.get("args", {})
   if not isinstance(args, Mapping):
     raise ConfigError(f"[grid] defenses: args of {rule!r} must be a table.")
+  _check_finite_args(f"[grid] defense {rule!r}", args)
   registry.check_rule_args(rule, args, ConfigError)
   label = d.get("label") or "+".join(pre + (rule,))
   return DefenseConfig(rule=rule, pre=pre,
@@ -360,6 +368,7 @@ def _parse_attack(a) -> AttackConfig:
     raise ConfigError(f"[grid] attacks: unknown attack {name!r}." +
                       _suggest(name, registry.ATTACKS))
   args = {k: v for k, v in a.items() if k not in ("name", "label")}
+  _check_finite_args(f"[grid] attack {name!r}", args)
   registry.check_attack_args(name, args, ConfigError)
   label = a.get("label") or (name if not args else name + "(" + ", ".join(
       f"{k}={v}" for k, v in sorted(args.items())) + ")")
