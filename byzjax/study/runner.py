@@ -177,7 +177,7 @@ def run_cell(config: StudyConfig, task, cell: Cell, *, key: jax.Array,
                         pad_like=config.heterogeneity,
                         min_size=t.batch_size)
   if devices > 1:
-    mesh = simulation.worker_mesh(jax.devices()[:devices])
+    mesh = simulation.worker_mesh(devices)
     data = simulation.shard_workers(data, mesh)
   build = build_for(config, task, cell)
   numeric = {"learning_rate": list(t.learning_rate),

@@ -195,3 +195,26 @@ def test_memory_budget_chunks_runs_with_the_same_results(full_run, cache):
   for r in chunked:
     ref = by_key[(r["learning_rate"], r["seed"], r["round"])]
     np.testing.assert_allclose(r["accuracy"], ref["accuracy"], atol=1e-6)
+
+
+def test_worker_axis_sharded_over_devices_gives_the_same_results(full_run,
+                                                                 cache):
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.device_count() < 2:
+    pytest.skip("needs 2 devices (tests/conftest.py emulates 8 on CPU)")
+  _, rows, _ = full_run
+  one = CONFIG.replace('num_byzantine = [1, 2]', 'num_byzantine = [2]')
+  one = one.replace('heterogeneity = ["iid", "gamma:0.2"]',
+                    'heterogeneity = ["iid"]')
+  one = one.replace('attacks = ["sign_flip", "alie"]', 'attacks = ["alie"]')
+  sharded = study.run(one, None, cache_dir=cache, progress=False,
+                      log=lambda s: None, as_dataframe=False, devices=2)
+  assert len(sharded) == 2 * 2 * 2
+  by_key = {_key(r): r for r in rows}
+  for r in sharded:
+    np.testing.assert_allclose(r["accuracy"], by_key[_key(r)]["accuracy"],
+                               atol=1e-6)
+    np.testing.assert_allclose(r["train_loss"],
+                               by_key[_key(r)]["train_loss"], rtol=1e-4)
+  with pytest.raises(ValueError, match="must divide the number of workers"):
+    study.run(one, None, devices=4, progress=False, log=lambda s: None)
