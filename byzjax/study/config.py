@@ -421,10 +421,14 @@ def parse_config(data: Mapping[str, Any], source: str = "") -> StudyConfig:
   for d in defenses:
     for f in training.num_byzantine:
       r = training.workers_for(f)
-      registry.check_tolerates(d.rule, dict(d.args), r, f, ConfigError,
-                               label=d.label)
       for p in d.pre:
         registry.check_pre_args(p, r, f, ConfigError)
+      # The rule sees the rows left by the pre-aggregation (bucket means).
+      rows = registry.rows_after(d.pre, r)
+      registry.check_tolerates(
+          d.rule, dict(d.args), rows, f, ConfigError, label=d.label,
+          rows="" if rows == r else
+          f"the R = {rows} bucket means of {r} workers")
   name = data.get("name", "byzjax study")
   return StudyConfig(name=str(name), task=task, training=training,
                      heterogeneity=hets, defenses=defenses, attacks=attacks,

@@ -163,12 +163,13 @@ def check_rule_args(rule: str, args: Mapping[str, Any], error) -> None:
 
 
 def check_tolerates(rule: str, args: Mapping[str, Any], r: int, f: int,
-                    error, *, label: str = "") -> None:
+                    error, *, label: str = "", rows: str = "") -> None:
   spec = RULES[rule]
   if not spec.tolerates(r, f):
+    among = rows or f"R = {r} workers"
     raise error(
         f"[grid] defense {label or rule!r} tolerates {spec.requirement}, but "
-        f"the grid has f = {f} Byzantine among R = {r} workers. Remove "
+        f"the grid has f = {f} Byzantine among {among}. Remove "
         f"f = {f} from [training] num_byzantine, add workers, or drop this "
         "defense.")
   # Build once on a tiny input: the library's own checks on the resolved
@@ -210,6 +211,22 @@ PRE_AGGREGATION = {
 }
 
 
+BUCKET_SIZE = 2
+
+
+def rows_after(pre: tuple[str, ...], r: int) -> int:
+  """How many rows reach the aggregator after the pre-aggregation chain.
+
+  Bucketing with buckets of ``s`` leaves ``ceil(R / s)`` bucket means, of
+  which at most ``f`` contain a Byzantine worker, so the aggregator is told
+  ``f`` among ``ceil(R / s)`` rows (Karimireddy et al. 2022, Theorem I).
+  """
+  for name in pre:
+    if name == "bucketing":
+      r = -(-r // BUCKET_SIZE)
+  return r
+
+
 def check_pre_args(name: str, r: int, f: int, error) -> None:
   del f
   if name == "bucketing" and r < 2:
@@ -218,7 +235,7 @@ def check_pre_args(name: str, r: int, f: int, error) -> None:
 
 def build_pre(name: str, key: jax.Array):
   if name == "bucketing":
-    return bucketing(2, key=key)
+    return bucketing(BUCKET_SIZE, key=key)
   raise KeyError(name)
 
 

@@ -110,7 +110,8 @@ def build_for(config: StudyConfig, task: tasks_lib.Task, cell: Cell):
     k_init, k_def, k_att, k_run = jax.random.split(key, 4)
     chain = [registry.build_pre(p, jax.random.fold_in(k_def, i))
              for i, p in enumerate(d.pre)]
-    chain.append(registry.build_aggregate(d.rule, dict(d.args), r, f,
+    chain.append(registry.build_aggregate(d.rule, dict(d.args),
+                                          registry.rows_after(d.pre, r), f,
                                           jax.random.fold_in(k_def, 99)))
     lr = _learning_rate(t, hp["learning_rate"])
     if t.optimizer == "sgd":
@@ -208,11 +209,18 @@ def run_cell(config: StudyConfig, task, cell: Cell, *, key: jax.Array,
 
 
 def _final_summary(rows, metric, higher):
+  """Seed mean of the final metric at the best learning rate, or "diverged"."""
   last = max(r["round"] for r in rows)
-  vals = np.array([r[metric] for r in rows if r["round"] == last], float)
-  vals = np.where(np.isfinite(vals), vals, -np.inf if higher else np.inf)
-  return float(np.mean(vals)) if np.all(np.isfinite(vals)) else (
-      "diverged")
+  best = None
+  for lr in sorted({r["learning_rate"] for r in rows}):
+    vals = np.array([r[metric] for r in rows
+                     if r["round"] == last and r["learning_rate"] == lr], float)
+    if not np.all(np.isfinite(vals)):
+      continue
+    m = float(np.mean(vals))
+    if best is None or (m > best if higher else m < best):
+      best = m
+  return "diverged" if best is None else best
 
 
 def estimate_seconds(config: StudyConfig, cells: Sequence[Cell],

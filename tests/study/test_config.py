@@ -16,7 +16,7 @@ BASE = {
     "task": {"dataset": "synthetic_classification", "model": "mlp",
              "model_args": {"hidden": [8]}, "num_features": 6,
              "num_classes": 3, "train_samples": 400, "test_samples": 100},
-    "training": {"num_workers": 8, "num_byzantine": [1, 2], "batch_size": 4,
+    "training": {"num_workers": 16, "num_byzantine": [1, 2], "batch_size": 4,
                  "steps": 4, "eval_every": 2, "learning_rate": [0.1, 0.01],
                  "seeds": 2},
     "grid": {"heterogeneity": ["iid", "dirichlet:0.5"],
@@ -85,7 +85,7 @@ def test_cells_that_differ_only_in_f_share_a_program_when_the_rule_allows():
     ("training.steps", 5, "multiple of eval_every"),
     ("training.num_honest", 8, "exactly one of num_workers"),
     ("training.num_workers", KeyError, "exactly one of num_workers"),
-    ("training.num_byzantine", [8], "leaves no honest worker"),
+    ("training.num_byzantine", [16], "leaves no honest worker"),
     ("training.worker_momentum", 1.5, "must be <= 0.999"),
     ("training.seeds", [0, 0], "distinct seeds"),
     ("training.optimizer", "adamw", "Valid: adam, sgd"),
@@ -113,15 +113,17 @@ def test_config_mistakes_are_named(path, value, message):
 
 
 def test_defense_beyond_its_breakdown_point_is_refused_before_running():
-  # Krum needs 2f + 2 < R: f = 3 of R = 8 is too many.
+  # Krum needs 2f + 2 < R among the ceil(16 / 2) = 8 bucket means: f = 3
+  # is too many (f = 2 is not).
+  study.load_config(_with("training.num_byzantine", [1, 2]))
   cfg = _with("training.num_byzantine", [1, 3])
   with pytest.raises(config_lib.ConfigError) as err:
     study.load_config(cfg)
   msg = str(err.value)
   assert "'bucketing+krum' tolerates 2f + 2 < R" in msg
-  assert "f = 3" in msg and "R = 8" in msg
+  assert "f = 3" in msg and "R = 8 bucket means of 16 workers" in msg
   # A rule with breakdown 1/2 at f = R/2.
-  cfg = _with("training.num_byzantine", [4])
+  cfg = _with("training.num_byzantine", [8])
   cfg["grid"]["defenses"] = ["coordinate_median"]
   with pytest.raises(config_lib.ConfigError, match="tolerates f < R/2"):
     study.load_config(cfg)
@@ -152,6 +154,12 @@ def test_num_honest_adds_f_workers():
   cells = study.expand(study.load_config(cfg))
   assert {(c.num_byzantine, c.num_workers) for c in cells} == {(1, 11),
                                                               (2, 12)}
+
+
+def test_bucketing_shrinks_the_rows_the_rule_sees():
+  from byzjax.study import registry  # pylint: disable=g-import-not-at-top
+  assert registry.rows_after(("bucketing",), 11) == 6
+  assert registry.rows_after((), 11) == 11
 
 
 def test_toml_errors_and_missing_file():
