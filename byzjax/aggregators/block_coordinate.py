@@ -35,6 +35,7 @@ honest columns to zero.
 """
 
 import functools
+import inspect
 import math
 from typing import Any, NamedTuple
 
@@ -44,6 +45,7 @@ import numpy as np
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 from byzjax.aggregators.geometric_median import geometric_median
 from byzjax.aggregators.geometric_median import WeiszfeldInfo
 
@@ -354,6 +356,7 @@ def _rows_of(stacked: PyTree) -> list:
           for x in jax.tree.leaves(stacked)]
 
 
+@public
 def select_blocks(
     updates: PyTree,
     *,
@@ -416,12 +419,20 @@ def _select_mask(updates: PyTree, key, *, k: int, sampling: str) -> PyTree:
 
 
 def _validate_gm_kwargs(gm_kwargs: dict, reserved=_RESERVED_GM_KWARGS) -> None:
-  """Rejects geometric-median arguments that the block step sets itself."""
+  """Rejects unknown geometric-median arguments and those the block step
+  sets itself."""
   for name in reserved:
     if name in gm_kwargs:
       raise ValueError(
           f"{name} is set by the block aggregator and cannot be passed to "
           "the geometric median here.")
+  known = [n for n in inspect.signature(geometric_median).parameters
+           if n not in ("updates",) + tuple(reserved)]
+  unknown = sorted(set(gm_kwargs) - set(known))
+  if unknown:
+    raise ValueError(
+        f"unknown keyword argument(s) {unknown}: the block geometric median "
+        f"forwards only the geometric median's arguments {known}.")
 
 
 class _BlockStep(NamedTuple):
@@ -467,9 +478,9 @@ def _block_step_jit(updates, key, dynamic_gm, *, k, sampling, static_gm,
   gm_kwargs = dict(static_gm)
   gm_kwargs.update(dynamic_gm)
   weights = gm_kwargs.pop("weights", None)
-  weights = live if weights is None else jnp.where(live, weights, 0)
+  weights = btree.worker_weights(weights, live, compact.dtype)
   med, gm_info = geometric_median(compact, return_info=True,
-                                  weights=weights.astype(compact.dtype),
+                                  weights=weights,
                                   **gm_kwargs)
   dtypes = [x.dtype for x in jax.tree.leaves(updates)]
   agg = _scatter(med, layout, idx, dtypes)
@@ -478,6 +489,7 @@ def _block_step_jit(updates, key, dynamic_gm, *, k, sampling, static_gm,
                     BlockGeometricMedianInfo(idx, mass, gm_info))
 
 
+@public
 def block_geometric_median(
     updates: PyTree,
     *,

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from byzjax import tree as btree
+from byzjax._public import public
 
 PyTree = Any
 
@@ -32,6 +33,7 @@ class SignVoteInfo(NamedTuple):
   #                       the worker's sign equals the vote (0 if erased)
 
 
+@public
 def sign_majority_vote(
     updates: PyTree,
     *,

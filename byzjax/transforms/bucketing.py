@@ -32,6 +32,7 @@ import optax
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 
 PyTree = Any
 
@@ -41,6 +42,7 @@ class BucketingState(NamedTuple):
   key: jax.Array  # PRNG key; split on every update (fresh permutation)
 
 
+@public(stacked_output=True)
 def bucket_means(
     updates: PyTree,
     *,

@@ -31,6 +31,7 @@ import optax
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 
 PyTree = Any
 
@@ -82,6 +83,7 @@ def _cc_step(clean: PyTree, live: jax.Array, n_live: jax.Array,
   return new_center, CenteredClipInfo(dist, clipped, live)
 
 
+@public(like_update=("center",))
 def centered_clip(
     updates: PyTree,
     *,
@@ -125,7 +127,7 @@ def centered_clip(
     Optimization <https://arxiv.org/abs/2012.10333>`_, ICML 2021, eq. (CC).
   """
   btree.num_workers(updates)
-  _checks.check_positive("radius", radius)
+  _checks.check_positive("radius", radius, allow_inf=True)
   _checks.check_int("num_iters", num_iters, low=1)
   v, info = _centered_clip(updates, center, radius=float(radius),
                            num_iters=num_iters)
@@ -193,7 +195,7 @@ def centered_clipping(
     Karimireddy, He & Jaggi, `Learning from History for Byzantine Robust
     Optimization <https://arxiv.org/abs/2012.10333>`_, ICML 2021.
   """
-  _checks.check_positive("radius", radius)
+  _checks.check_positive("radius", radius, allow_inf=True)
   _checks.check_int("num_iters", num_iters, low=1)
 
   def init_fn(params):

@@ -1,0 +1,266 @@
+"""Contracts shared by every aggregator (issue 13).
+
+Non-finite per-worker weights are erasures; half-precision inputs are
+computed in float32; integer inputs are aggregated as float32; zero-size
+leaves contribute nothing; a single erased worker gives zeros; repeated
+eager calls compile nothing.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from byzjax import aggregators as agg
+from byzjax.attacks import gradient as attacks
+from byzjax.transforms.bucketing import bucket_means
+from byzjax.transforms.centered_clipping import centered_clip
+
+# name -> (function, hyperparameters); R = 17 workers, d = 8 in most tests.
+AGGREGATORS = {
+    "mean": (agg.mean, {}),
+    "coordinate_median": (agg.coordinate_median, {}),
+    "trimmed_mean": (agg.trimmed_mean, {"trim_fraction": 0.2}),
+    "geometric_median": (agg.geometric_median, {}),
+    "geometric_median_direct": (agg.geometric_median, {"method": "direct"}),
+    "geometric_median_gram": (agg.geometric_median, {"method": "gram"}),
+    "geometric_median_of_means": (agg.geometric_median_of_means,
+                                  {"num_groups": 5}),
+    "krum": (agg.krum, {"num_byzantine": 1}),
+    "bulyan": (agg.bulyan, {"num_byzantine": 1}),
+    "norm_threshold": (agg.norm_threshold, {"trim_fraction": 0.2}),
+    "sign_majority_vote": (agg.sign_majority_vote, {}),
+    "spectral_filter": (agg.spectral_filter, {}),
+    "block_geometric_median": (agg.block_geometric_median,
+                               {"num_coords": 4}),
+    "centered_clip": (centered_clip, {"radius": 5.0}),
+}
+
+
+def _call(name, tree, **extra):
+  fn, hparams = AGGREGATORS[name]
+  return fn(tree, **hparams, **extra)
+
+
+def _outlier_input(dtype=np.float32, seed=0):
+  """16 rows of 1 + N(0, 1) in d = 8 and one row at 1e3 (issue 13, 4-5)."""
+  rng = np.random.default_rng(seed)
+  x = 1.0 + rng.normal(size=(17, 8))
+  x[16] = 1e3
+  return jnp.asarray(x, dtype)
+
+
+# --------------------------------------------------------------------------
+# 3. Non-finite weights are erasures.
+
+
+@pytest.mark.parametrize("name", ["mean", "geometric_median",
+                                  "block_geometric_median"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_weight_is_an_erasure(name, bad):
+  x = {"w": _outlier_input()[:16]}
+  weights = jnp.ones(16).at[1].set(bad)
+  got = _call(name, x, weights=weights)["w"]
+  as_zero = _call(name, x, weights=jnp.ones(16).at[1].set(0.0))["w"]
+  assert np.all(np.isfinite(got))
+  np.testing.assert_array_equal(got, as_zero)
+
+
+def test_non_finite_weight_geometric_median_matches_oracle():
+  from tests import helpers
+  x = np.asarray(_outlier_input()[:16])
+  got = agg.geometric_median({"w": x}, weights=jnp.ones(16).at[1].set(np.inf),
+                             tol=1e-7, max_iters=1000)["w"]
+  np.testing.assert_allclose(got, helpers.np_geometric_median(np.delete(x, 1, 0)),
+                             rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------
+# 4/5. Half precision is computed in float32.
+
+# The same input rounded to half precision, aggregated in float32, then
+# rounded once: the half-precision answer may differ from it by the final
+# rounding only (one ulp of the half dtype, relative), plus float32 noise.
+HALF = [(jnp.float16, 2.0**-10), (jnp.bfloat16, 2.0**-7)]
+
+
+@pytest.mark.parametrize("dtype,eps", HALF, ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_half_precision_matches_float32(name, dtype, eps):
+  x = _outlier_input(dtype)
+  got = _call(name, {"w": x})["w"]
+  ref = _call(name, {"w": x.astype(jnp.float32)})["w"]
+  assert got.dtype == dtype
+  assert np.all(np.isfinite(np.asarray(got, np.float32)))
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref),
+                             rtol=eps, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_spectral_filter_half_precision_drops_the_outlier(dtype):
+  x = _outlier_input(dtype)
+  out, info = agg.spectral_filter({"w": x}, return_info=True)
+  assert not bool(info.active[16])
+  assert np.all(np.abs(np.asarray(out["w"], np.float32) - 1.0) < 1.5)
+
+
+# --------------------------------------------------------------------------
+# 9. Integer leaves are aggregated as float32.
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_int32_leaves_are_aggregated_as_float32(name):
+  x = jnp.asarray(np.random.default_rng(1).integers(-5, 6, size=(17, 8)),
+                  jnp.int32)
+  got = _call(name, {"w": x})["w"]
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(got, _call(name, {"w": x.astype(jnp.float32)})["w"])
+
+
+# --------------------------------------------------------------------------
+# 6. Zero-size leaves contribute nothing.
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_zero_size_leaf(name):
+  a = jnp.asarray(np.random.default_rng(2).normal(size=(7, 3)), jnp.float32)
+  got = _call(name, {"a": a, "e": jnp.zeros((7, 0)),
+                     "f": jnp.zeros((7, 2, 0), jnp.int32)})
+  alone = _call(name, {"a": a})
+  np.testing.assert_array_equal(got["a"], alone["a"])
+  assert got["e"].shape == (0,) and got["f"].shape == (2, 0)
+
+
+def test_zero_size_leaf_in_pre_aggregation_and_attacks():
+  a = jnp.asarray(np.random.default_rng(3).normal(size=(6, 3)), jnp.float32)
+  tree = {"a": a, "e": jnp.zeros((6, 0))}
+  key = jax.random.key(0)
+  means = bucket_means(tree, bucket_size=2, key=key)
+  assert means["e"].shape == (3, 0)
+  np.testing.assert_array_equal(
+      means["a"], bucket_means({"a": a}, bucket_size=2, key=key)["a"])
+  mask = jnp.arange(6) < 2
+  for attack, kwargs in [(attacks.alie, {}), (attacks.ipm, {}),
+                         (attacks.annulus, {"key": key}),
+                         (attacks.sign_flip, {"reference": "honest_mean"})]:
+    out = attack(tree, mask, **kwargs)
+    assert out["e"].shape == (6, 0)
+    np.testing.assert_array_equal(out["a"], attack({"a": a}, mask, **kwargs)["a"])
+
+
+# --------------------------------------------------------------------------
+# 7. A single erased worker gives zeros.
+
+SINGLE_WORKER = ["mean", "coordinate_median", "geometric_median",
+                 "geometric_median_direct", "geometric_median_gram",
+                 "spectral_filter", "sign_majority_vote", "centered_clip"]
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("name", SINGLE_WORKER)
+def test_single_erased_worker_gives_zeros(name, jit):
+  fn = functools.partial(_call, name)
+  if jit:
+    fn = jax.jit(fn)
+  got = fn({"w": jnp.full((1, 4), jnp.nan)})["w"]
+  np.testing.assert_array_equal(got, np.zeros(4))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_single_erased_worker_block_gm_and_gmom(jit):
+  x = {"w": jnp.full((1, 4), jnp.nan)}
+  fns = [functools.partial(agg.block_geometric_median, num_coords=2),
+         functools.partial(agg.geometric_median_of_means, num_groups=1),
+         functools.partial(agg.trimmed_mean, trim_fraction=0.0),
+         functools.partial(agg.norm_threshold, trim_fraction=0.0)]
+  for fn in fns:
+    got = (jax.jit(fn) if jit else fn)(x)["w"]
+    np.testing.assert_array_equal(got, np.zeros(4))
+
+
+# --------------------------------------------------------------------------
+# 8. Repeated eager calls compile nothing.
+
+
+class _CompileCounter:
+  """Counts XLA backend compilations (JAX's own monitoring event)."""
+
+  EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __init__(self):
+    self.count = 0
+
+  def __call__(self, event, duration, **kwargs):
+    del duration, kwargs
+    if event == self.EVENT:
+      self.count += 1
+
+  def __enter__(self):
+    jax.monitoring.register_event_duration_secs_listener(self)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self)
+
+
+def _eager_calls():
+  x = {"w": _outlier_input(), "b": {"c": _outlier_input(seed=1)[:, :3]}}
+  mask = jnp.arange(17) < 3
+  key = jax.random.key(0)
+  calls = {n: functools.partial(_call, n, x) for n in AGGREGATORS}
+  calls["krum_info"] = functools.partial(_call, "krum", x, return_info=True)
+  calls["geometric_median_weights"] = functools.partial(
+      _call, "geometric_median", x, weights=jnp.ones(17))
+  calls["block_gm_sampled"] = functools.partial(
+      agg.block_geometric_median, x, num_coords=4,
+      sampling="norm_proportional", key=key)
+  calls["select_blocks"] = functools.partial(agg.select_blocks, x,
+                                             num_coords=4)
+  calls["bucket_means"] = functools.partial(bucket_means, x,
+                                            bucket_size=2, key=key)
+  calls["alie"] = functools.partial(attacks.alie, x, mask)
+  calls["annulus"] = functools.partial(attacks.annulus, x, mask, key=key)
+  calls["gaussian_noise"] = functools.partial(attacks.gaussian_noise, x, mask,
+                                              key=key)
+  return calls
+
+
+@pytest.mark.parametrize("name", sorted(_eager_calls()))
+def test_second_eager_call_compiles_nothing(name):
+  call = _eager_calls()[name]
+  with _CompileCounter() as first:
+    jax.block_until_ready(call())
+  with _CompileCounter() as second:
+    jax.block_until_ready(call())
+  assert first.count >= 1  # the counter sees compilations
+  assert second.count == 0
+
+
+def test_eager_call_inside_jit_and_vmap():
+  x = _outlier_input()
+  eager = agg.geometric_median({"w": x})["w"]
+  jitted = jax.jit(lambda t: agg.geometric_median(t))({"w": x})["w"]
+  batched = jax.vmap(lambda t: agg.geometric_median(t))(
+      {"w": jnp.stack([x, x + 1.0])})["w"]
+  np.testing.assert_allclose(jitted, eager, rtol=1e-6)
+  np.testing.assert_allclose(batched[0], eager, rtol=1e-6)
+  np.testing.assert_allclose(batched[1], eager + 1.0, rtol=1e-5)
+
+
+def test_wrapped_functions_keep_signature_and_docstring():
+  import inspect
+  for fn, _ in AGGREGATORS.values():
+    assert "updates" in inspect.signature(fn).parameters
+    assert fn.__doc__ and fn.__name__ in repr(fn)
+
+
+def test_unknown_keyword_is_a_value_error():
+  x = {"w": _outlier_input()}
+  with pytest.raises(ValueError, match="tolerance"):
+    agg.krum(x, num_byzantine=1, tolerance=1e-3)
+  with pytest.raises(ValueError, match="num_byzantine"):
+    agg.krum(x)
+  with pytest.raises(ValueError, match="max_iter"):
+    agg.block_geometric_median(x, num_coords=2, max_iter=3)
