@@ -52,7 +52,7 @@ def sign_majority_vote(
   .. warning::
     ``updates`` is stacked: every leaf has a leading worker axis ``R``; the
     result has that axis removed and entries in ``{-1, 0, 1}`` (dtype of
-    each leaf).
+    each leaf; float32 for integer leaves, as for every aggregator).
 
   Args:
     updates: pytree whose leaves share a leading worker axis ``R``.

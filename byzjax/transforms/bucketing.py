@@ -59,6 +59,8 @@ def bucket_means(
   Returns:
     A stacked pytree with leading axis ``ceil(R / s)``: the bucket means (see
     the module docstring; all-NaN for a bucket whose members are all erased).
+    Integer leaves give float32 means; half-precision leaves are averaged in
+    float32 and returned in their own dtype.
 
   Examples:
     >>> import jax, jax.numpy as jnp

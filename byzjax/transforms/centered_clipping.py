@@ -104,7 +104,8 @@ def centered_clip(
 
   Args:
     updates: pytree whose leaves share a leading worker axis ``R``.
-    center: the starting point :math:`v` (the previous aggregate); ``None``
+    center: the starting point :math:`v` (the previous aggregate), shaped
+      like one worker's update (a ``ValueError`` names a mismatch); ``None``
       means zeros.
     radius: the clipping radius :math:`\\tau > 0` (``float('inf')`` allowed).
     num_iters: number of (CC) iterations, a Python int >= 1.

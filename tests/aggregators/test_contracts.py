@@ -39,6 +39,13 @@ AGGREGATORS = {
 }
 
 
+def _params(names, fast):
+  """``names`` as pytest params; those not in ``fast`` are marked slow (the
+  mechanism is shared, so a few aggregators cover it in the default run)."""
+  return [n if n in fast else pytest.param(n, marks=pytest.mark.slow)
+          for n in sorted(names)]
+
+
 def _call(name, tree, **extra):
   fn, hparams = AGGREGATORS[name]
   return fn(tree, **hparams, **extra)
@@ -56,9 +63,10 @@ def _outlier_input(dtype=np.float32, seed=0):
 # 3. Non-finite weights are erasures.
 
 
-@pytest.mark.parametrize("name", ["mean", "geometric_median",
-                                  "block_geometric_median"])
-@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("name", _params(
+    ["mean", "geometric_median", "block_geometric_median"],
+    {"mean", "geometric_median"}))
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_non_finite_weight_is_an_erasure(name, bad):
   x = {"w": _outlier_input()[:16]}
   weights = jnp.ones(16).at[1].set(bad)
@@ -71,8 +79,8 @@ def test_non_finite_weight_is_an_erasure(name, bad):
 def test_non_finite_weight_geometric_median_matches_oracle():
   from tests import helpers
   x = np.asarray(_outlier_input()[:16])
-  got = agg.geometric_median({"w": x}, weights=jnp.ones(16).at[1].set(np.inf),
-                             tol=1e-7, max_iters=1000)["w"]
+  got = agg.geometric_median({"w": x},
+                             weights=jnp.ones(16).at[1].set(np.inf))["w"]
   np.testing.assert_allclose(got, helpers.np_geometric_median(np.delete(x, 1, 0)),
                              rtol=1e-4, atol=1e-4)
 
@@ -87,7 +95,7 @@ HALF = [(jnp.float16, 2.0**-10), (jnp.bfloat16, 2.0**-7)]
 
 
 @pytest.mark.parametrize("dtype,eps", HALF, ids=["float16", "bfloat16"])
-@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+@pytest.mark.parametrize("name", _params(AGGREGATORS, {"geometric_median"}))
 def test_half_precision_matches_float32(name, dtype, eps):
   x = _outlier_input(dtype)
   got = _call(name, {"w": x})["w"]
@@ -98,7 +106,7 @@ def test_half_precision_matches_float32(name, dtype, eps):
                              rtol=eps, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_spectral_filter_half_precision_drops_the_outlier(dtype):
   x = _outlier_input(dtype)
   out, info = agg.spectral_filter({"w": x}, return_info=True)
@@ -110,7 +118,8 @@ def test_spectral_filter_half_precision_drops_the_outlier(dtype):
 # 9. Integer leaves are aggregated as float32.
 
 
-@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+@pytest.mark.parametrize("name", _params(AGGREGATORS, {
+    "trimmed_mean", "centered_clip"}))
 def test_int32_leaves_are_aggregated_as_float32(name):
   x = jnp.asarray(np.random.default_rng(1).integers(-5, 6, size=(17, 8)),
                   jnp.int32)
@@ -123,9 +132,9 @@ def test_int32_leaves_are_aggregated_as_float32(name):
 # 6. Zero-size leaves contribute nothing.
 
 
-@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+@pytest.mark.parametrize("name", _params(AGGREGATORS, {"krum"}))
 def test_zero_size_leaf(name):
-  a = jnp.asarray(np.random.default_rng(2).normal(size=(7, 3)), jnp.float32)
+  a = jnp.asarray(np.random.default_rng(2).normal(size=(7, 5)), jnp.float32)
   got = _call(name, {"a": a, "e": jnp.zeros((7, 0)),
                      "f": jnp.zeros((7, 2, 0), jnp.int32)})
   alone = _call(name, {"a": a})
@@ -133,6 +142,7 @@ def test_zero_size_leaf(name):
   assert got["e"].shape == (0,) and got["f"].shape == (2, 0)
 
 
+@pytest.mark.slow
 def test_zero_size_leaf_in_pre_aggregation_and_attacks():
   a = jnp.asarray(np.random.default_rng(3).normal(size=(6, 3)), jnp.float32)
   tree = {"a": a, "e": jnp.zeros((6, 0))}
@@ -159,7 +169,7 @@ SINGLE_WORKER = ["mean", "coordinate_median", "geometric_median",
 
 
 @pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("name", SINGLE_WORKER)
+@pytest.mark.parametrize("name", _params(SINGLE_WORKER, {"geometric_median"}))
 def test_single_erased_worker_gives_zeros(name, jit):
   fn = functools.partial(_call, name)
   if jit:
@@ -168,7 +178,8 @@ def test_single_erased_worker_gives_zeros(name, jit):
   np.testing.assert_array_equal(got, np.zeros(4))
 
 
-@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(
+    "jit", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_single_erased_worker_block_gm_and_gmom(jit):
   x = {"w": jnp.full((1, 4), jnp.nan)}
   fns = [functools.partial(agg.block_geometric_median, num_coords=2),
@@ -206,7 +217,7 @@ class _CompileCounter:
 
 
 def _eager_calls():
-  x = {"w": _outlier_input(), "b": {"c": _outlier_input(seed=1)[:, :3]}}
+  x = {"w": _outlier_input()}
   mask = jnp.arange(17) < 3
   key = jax.random.key(0)
   calls = {n: functools.partial(_call, n, x) for n in AGGREGATORS}
@@ -227,17 +238,30 @@ def _eager_calls():
   return calls
 
 
-@pytest.mark.parametrize("name", sorted(_eager_calls()))
+def test_compile_counter_sees_compilations():
+  with _CompileCounter() as counter:
+    jax.jit(lambda t: t * 3.0 + 1.0)(jnp.ones(5))
+  assert counter.count >= 1
+
+
+EAGER_CALLS = sorted(AGGREGATORS) + [
+    "krum_info", "geometric_median_weights", "block_gm_sampled",
+    "select_blocks", "bucket_means", "alie", "annulus", "gaussian_noise"]
+
+
+@pytest.mark.parametrize("name", _params(EAGER_CALLS, {
+    "geometric_median", "krum", "spectral_filter"}))
 def test_second_eager_call_compiles_nothing(name):
+  # The first call may compile (or reuse what other tests compiled); the
+  # second, with the same shapes and hyperparameters, must not.
   call = _eager_calls()[name]
-  with _CompileCounter() as first:
-    jax.block_until_ready(call())
+  jax.block_until_ready(call())
   with _CompileCounter() as second:
     jax.block_until_ready(call())
-  assert first.count >= 1  # the counter sees compilations
   assert second.count == 0
 
 
+@pytest.mark.slow
 def test_eager_call_inside_jit_and_vmap():
   x = _outlier_input()
   eager = agg.geometric_median({"w": x})["w"]
