@@ -326,6 +326,8 @@ def _gather_columns(rows: list, layout: _Layout, idx: jax.Array) -> jax.Array:
     return _take_columns(jnp.concatenate(rows, axis=1), idx)
   out = None
   for x, off, n in zip(rows, layout.offsets, layout.sizes):
+    if n == 0:  # a zero-size leaf holds no selected column
+      continue
     part = _take_columns(x, _local(idx, off, n))
     out = part if out is None else out + part  # one leaf holds each index
   return out
@@ -337,6 +339,9 @@ def _scatter(values: jax.Array, layout: _Layout, idx: jax.Array,
   leaves = []
   for shape, off, n, dt in zip(layout.shapes, layout.offsets, layout.sizes,
                                dtypes):
+    if n == 0:
+      leaves.append(jnp.zeros(shape, dt))
+      continue
     flat = jnp.zeros((n,), dt).at[_local(idx, off, n)].set(
         values.astype(dt), mode="drop")
     leaves.append(flat.reshape(shape))
@@ -346,6 +351,9 @@ def _scatter(values: jax.Array, layout: _Layout, idx: jax.Array,
 def _index_mask(layout: _Layout, idx: jax.Array) -> PyTree:
   leaves = []
   for shape, off, n in zip(layout.shapes, layout.offsets, layout.sizes):
+    if n == 0:
+      leaves.append(jnp.zeros(shape, bool))
+      continue
     flat = jnp.zeros((n,), bool).at[_local(idx, off, n)].set(True, mode="drop")
     leaves.append(flat.reshape(shape))
   return jax.tree.unflatten(layout.treedef, leaves)

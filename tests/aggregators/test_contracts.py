@@ -288,3 +288,29 @@ def test_unknown_keyword_is_a_value_error():
     agg.krum(x)
   with pytest.raises(ValueError, match="max_iter"):
     agg.block_geometric_median(x, num_coords=2, max_iter=3)
+
+
+@pytest.mark.slow
+def test_zero_size_leaf_in_transforms():
+  import optax
+  import byzjax
+  from byzjax.transforms.bucketing import bucketing
+  from byzjax.transforms.centered_clipping import centered_clipping
+  a = jnp.asarray(np.random.default_rng(4).normal(size=(7, 5)), jnp.float32)
+  for make in [lambda: centered_clipping(radius=1.0),
+               lambda: optax.chain(bucketing(2, key=jax.random.key(0)),
+                                   byzjax.aggregate(agg.krum,
+                                                    num_byzantine=0)),
+               lambda: byzjax.aggregate(agg.geometric_median,
+                                        warm_start=True, num_workers=7)]:
+    outs = []
+    for params, g in [({"a": jnp.zeros(5), "e": jnp.zeros((0,))},
+                       {"a": a, "e": jnp.zeros((7, 0))}),
+                      ({"a": jnp.zeros(5)}, {"a": a})]:
+      tx = make()
+      state = tx.init(params)
+      out, state = tx.update(g, state)
+      out, state = tx.update(g, state)
+      outs.append(out)
+    assert outs[0]["e"].shape == (0,)
+    np.testing.assert_array_equal(outs[0]["a"], outs[1]["a"])
