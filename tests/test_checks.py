@@ -80,6 +80,9 @@ CASES = [
     ("bit_flip_attack", "scale", lambda v: attacks.bit_flip_attack(scale=v)),
     ("feature_noise", "variance",
      lambda v: data_attacks.feature_noise(variance=v)),
+    ("impulse_noise", "low", lambda v: data_attacks.impulse_noise(low=v)),
+    ("impulse_noise", "fraction",
+     lambda v: data_attacks.impulse_noise(fraction=v)),
 ]
 
 # Where inf means "no bound" and is accepted.

@@ -113,12 +113,10 @@ def krum(
   ``m`` updates with the smallest scores (ties broken by worker index).
   Krum needs :math:`2f + 2 < R`.
 
-  Neighbour count. Blanchard et al. define :math:`N_i` as the
+  Neighbour count. Blanchard et al. (Section 4) define :math:`N_i` as the
   :math:`R - f - 2` closest other workers (``neighbours="blanchard"``, the
-  default): with :math:`f` Byzantine workers, :math:`i` itself and one more
-  left out, every honest worker's neighbourhood is dominated by honest
-  workers, which is what their Proposition 1 uses. Some libraries (ByzFL,
-  for one) sum over :math:`R - f - 1` neighbours instead;
+  default, used by their analysis). Some libraries (ByzFL, for one) sum
+  over :math:`R - f - 1` neighbours instead;
   ``neighbours="byzfl"`` gives that convention, for comparisons with
   results obtained with it. On the same inputs the two can select different
   workers.

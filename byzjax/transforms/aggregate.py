@@ -55,16 +55,20 @@ def _validate(aggregator: Callable[..., Any], hparams: dict, params,
       raise ValueError(
           f"{reserved} is set by aggregate() itself (see warm_start and "
           "num_workers); do not pass it as a hyperparameter.")
+  # Array-valued hyperparameters (per-worker weights, a key) have shapes
+  # tied to the real input: they are checked at the first update.
+  scalars = {k: v for k, v in hparams.items()
+             if not any(hasattr(x, "shape") for x in jax.tree.leaves(v))}
   dim = _PROBE_DIM
-  if isinstance(hparams.get("num_coords"), int):
-    dim = max(dim, hparams["num_coords"])
+  if isinstance(scalars.get("num_coords"), int):
+    dim = max(dim, scalars["num_coords"])
   r = _PROBE_WORKERS if num_workers is None else num_workers
   probe = {"w": jax.ShapeDtypeStruct((r, dim), jnp.float32)}
-  needs_key = "key" in params and "key" not in hparams
+  needs_key = "key" in params and "key" not in scalars
   key = jax.eval_shape(lambda: jax.random.key(0)) if needs_key else None
 
   def trace(stacked, k):
-    kwargs = dict(hparams)
+    kwargs = dict(scalars)
     if needs_key:
       kwargs["key"] = k
     return aggregator(stacked, **kwargs)

@@ -178,17 +178,24 @@ def test_single_erased_worker_gives_zeros(name, jit):
   np.testing.assert_array_equal(got, np.zeros(4))
 
 
+SINGLE_WORKER_SIBLINGS = {
+    "block_geometric_median": functools.partial(agg.block_geometric_median,
+                                                num_coords=2),
+    "geometric_median_of_means": functools.partial(
+        agg.geometric_median_of_means, num_groups=1),
+    "trimmed_mean": functools.partial(agg.trimmed_mean, trim_fraction=0.0),
+    "norm_threshold": functools.partial(agg.norm_threshold,
+                                        trim_fraction=0.0)}
+
+
 @pytest.mark.parametrize(
     "jit", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_single_erased_worker_block_gm_and_gmom(jit):
-  x = {"w": jnp.full((1, 4), jnp.nan)}
-  fns = [functools.partial(agg.block_geometric_median, num_coords=2),
-         functools.partial(agg.geometric_median_of_means, num_groups=1),
-         functools.partial(agg.trimmed_mean, trim_fraction=0.0),
-         functools.partial(agg.norm_threshold, trim_fraction=0.0)]
-  for fn in fns:
-    got = (jax.jit(fn) if jit else fn)(x)["w"]
-    np.testing.assert_array_equal(got, np.zeros(4))
+@pytest.mark.parametrize("name", _params(SINGLE_WORKER_SIBLINGS,
+                                         {"block_geometric_median"}))
+def test_single_erased_worker_siblings(name, jit):
+  fn = SINGLE_WORKER_SIBLINGS[name]
+  got = (jax.jit(fn) if jit else fn)({"w": jnp.full((1, 4), jnp.nan)})["w"]
+  np.testing.assert_array_equal(got, np.zeros(4))
 
 
 # --------------------------------------------------------------------------
@@ -314,3 +321,15 @@ def test_zero_size_leaf_in_transforms():
       outs.append(out)
     assert outs[0]["e"].shape == (0,)
     np.testing.assert_array_equal(outs[0]["a"], outs[1]["a"])
+
+
+def test_int32_bucket_means_are_float32_means():
+  x = jnp.asarray(np.arange(12).reshape(6, 2), jnp.int32)
+  key = jax.random.key(5)
+  got = bucket_means({"w": x}, bucket_size=3, key=key)["w"]
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(
+      got, bucket_means({"w": x.astype(jnp.float32)}, bucket_size=3,
+                        key=key)["w"])
+  # Two buckets of three: their means average to the overall mean.
+  np.testing.assert_allclose(np.asarray(got).mean(0), [5.0, 6.0], rtol=1e-6)

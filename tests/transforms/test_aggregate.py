@@ -137,9 +137,19 @@ def test_worker_count_dependent_hyperparameters_checked_with_num_workers():
 
 
 def test_keyed_aggregator_validates_without_a_key_at_build_time():
-  # The key is a per-step extra argument; building must not require it.
+  # The key is a per-step extra argument: building must not require it, and
+  # the other hyperparameters are still checked.
   tx = byzjax.aggregate(byzjax.aggregators.block_geometric_median,
                         num_coords=2, sampling="norm_proportional")
-  g = _stacked(jax.random.key(3))
-  out, _ = tx.update(g, tx.init(_params()), key=jax.random.key(4))
-  assert sum(int(jnp.sum(v != 0)) for v in jax.tree.leaves(out)) <= 2
+  assert isinstance(tx, optax.GradientTransformationExtraArgs)
+  with pytest.raises(ValueError, match="max_iters"):
+    byzjax.aggregate(byzjax.aggregators.block_geometric_median,
+                     num_coords=2, sampling="norm_proportional", max_iters=0)
+
+
+def test_array_hyperparameters_are_not_checked_against_the_probe():
+  # Closed-over per-worker weights have the real R, not the probe's.
+  tx = byzjax.aggregate(geometric_median, weights=jnp.ones(6))
+  g = _stacked(jax.random.key(5))
+  out, _ = tx.update(g, tx.init(_params()))
+  chex.assert_trees_all_close(out, geometric_median(g))
