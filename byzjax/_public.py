@@ -159,7 +159,7 @@ def public(fn: Callable | None = None, *, upcast: bool = True,
 
   @functools.partial(jax.jit, static_argnames=("static",))
   def compiled(args, dynamic, static):
-    return body(args, {**dict(static), **dynamic})
+    return body(args, {**{k: v for k, _, v in static}, **dynamic})
 
   @functools.wraps(fn)
   def wrapper(*args, **kwargs):
@@ -170,6 +170,10 @@ def public(fn: Callable | None = None, *, upcast: bool = True,
     args, kwargs = bound.args, bound.kwargs
     static = {k: v for k, v in kwargs.items() if _is_static(v)}
     dynamic = {k: v for k, v in kwargs.items() if k not in static}
-    return compiled(args, dynamic, tuple(sorted(static.items())))
+    # The type is part of the cache key: 1, 1.0 and True are equal and hash
+    # alike, but only some of them pass validation (num_byzantine=1.0 must
+    # raise even after num_byzantine=1 was compiled).
+    key = tuple((k, type(v), static[k]) for k, v in sorted(static.items()))
+    return compiled(args, dynamic, key)
 
   return wrapper

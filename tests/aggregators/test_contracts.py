@@ -333,3 +333,13 @@ def test_int32_bucket_means_are_float32_means():
                         key=key)["w"])
   # Two buckets of three: their means average to the overall mean.
   np.testing.assert_allclose(np.asarray(got).mean(0), [5.0, 6.0], rtol=1e-6)
+
+
+def test_cached_program_does_not_skip_validation():
+  # 1 and 1.0 are equal and hash alike; the compiled program for
+  # num_byzantine=1 must not accept num_byzantine=1.0 (or True).
+  x = {"w": _outlier_input()}
+  agg.krum(x, num_byzantine=1)
+  for bad in (1.0, True):
+    with pytest.raises(ValueError, match="num_byzantine"):
+      agg.krum(x, num_byzantine=bad)
