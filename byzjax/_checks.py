@@ -5,14 +5,19 @@ assertions. All checks here run on Python values while tracing, so a bad
 hyperparameter fails before anything is compiled.
 """
 
+import math
 import numbers
 
 
 def check_fraction(name: str, value, *, low: float = 0.0, high: float = 0.5,
                    high_inclusive: bool = False) -> float:
-  """Checks ``low <= value < high`` (or ``<= high``) and returns it."""
+  """Checks ``low <= value < high`` (or ``<= high``) and returns it.
+
+  NaN and infinite values are rejected.
+  """
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise ValueError(f"{name} must be a Python float, got {value!r}.")
+  _check_not_nan(name, value)
   ok = low <= value <= high if high_inclusive else low <= value < high
   if not ok:
     bracket = "]" if high_inclusive else ")"
@@ -33,14 +38,37 @@ def check_int(name: str, value, *, low: int | None = None,
   return int(value)
 
 
-def check_positive(name: str, value, *, allow_zero: bool = False) -> float:
-  """Checks that ``value`` is a positive (or non-negative) Python number."""
+def check_positive(name: str, value, *, allow_zero: bool = False,
+                   allow_inf: bool = False) -> float:
+  """Checks that ``value`` is a positive (or non-negative) Python number.
+
+  NaN is always rejected; ``inf`` only passes with ``allow_inf`` (for
+  hyperparameters where it means "no bound", e.g. a clipping radius).
+  """
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise ValueError(f"{name} must be a Python number, got {value!r}.")
+  _check_not_nan(name, value)
   if value < 0 or (value == 0 and not allow_zero):
     kind = "non-negative" if allow_zero else "positive"
     raise ValueError(f"{name} must be {kind}, got {value!r}.")
+  if math.isinf(value) and not allow_inf:
+    raise ValueError(f"{name} must be finite, got {value!r}.")
   return float(value)
+
+
+def check_finite(name: str, value) -> float:
+  """Checks that ``value`` is a finite Python number (any sign)."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ValueError(f"{name} must be a Python number, got {value!r}.")
+  _check_not_nan(name, value)
+  if math.isinf(value):
+    raise ValueError(f"{name} must be finite, got {value!r}.")
+  return float(value)
+
+
+def _check_not_nan(name: str, value) -> None:
+  if math.isnan(value):
+    raise ValueError(f"{name} must be a number, got NaN.")
 
 
 def check_worker_vector(name: str, value, num_workers: int):

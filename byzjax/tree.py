@@ -69,6 +69,64 @@ def num_workers(stacked: PyTree) -> int:
   return int(distinct[0])
 
 
+def compute_dtype(dtype) -> jnp.dtype:
+  """The dtype aggregators compute in for leaves of ``dtype``.
+
+  float16 and bfloat16 become float32: their range and precision are too
+  small for squared distances, Gram matrices and rounding-noise floors (a
+  row at 1e3 squares to 1e6, beyond float16's maximum of 65504, and
+  bfloat16's ``eps`` of 2**-8 swamps the statistics). Integer and boolean
+  leaves also become float32 (a mean of integers is not an integer). Other
+  floating dtypes (float32, float64) are kept.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> compute_dtype(jnp.bfloat16), compute_dtype(jnp.int32)
+    (dtype('float32'), dtype('float32'))
+  """
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits < 32:
+    return jnp.dtype(jnp.float32)
+  return dtype
+
+
+def result_dtype(dtype) -> jnp.dtype:
+  """The dtype of an aggregate of leaves of ``dtype``.
+
+  Floating inputs get their own dtype back (half precision is computed in
+  float32, see :func:`compute_dtype`, and cast back); integer and boolean
+  inputs give float32.
+  """
+  dtype = jnp.dtype(dtype)
+  return dtype if jnp.issubdtype(dtype, jnp.floating) else compute_dtype(dtype)
+
+
+def upcast(stacked: PyTree) -> PyTree:
+  """Casts every leaf to its :func:`compute_dtype` (no-op for float32)."""
+  return jax.tree.map(
+      lambda x: jnp.asarray(x).astype(compute_dtype(jnp.result_type(x))),
+      stacked)
+
+
+def worker_weights(weights: jax.Array | None, live: jax.Array,
+                   dtype) -> jax.Array:
+  """Per-worker weights with erasures, non-finite and non-positive weights 0.
+
+  The contract of every weighted aggregator: a worker whose update is
+  erased, or whose weight is NaN, +-Inf, zero or negative, has weight zero
+  (an infinite weight is not "this worker is everything": it is a broken
+  message, like a NaN). ``weights=None`` gives every live worker weight 1.
+
+  Returns:
+    Finite non-negative weights of shape ``[R]`` and dtype ``dtype``.
+  """
+  if weights is None:
+    return live.astype(dtype)
+  weights = jnp.asarray(weights)
+  ok = live & jnp.isfinite(weights) & (weights > 0)
+  return jnp.where(ok, weights, 0).astype(dtype)
+
+
 def _rows(leaf: jax.Array) -> jax.Array:
   """Views a stacked leaf as ``[R, leaf_size]``."""
   return jnp.reshape(leaf, (leaf.shape[0], -1))
@@ -128,8 +186,10 @@ def zero_erasures(stacked: PyTree) -> tuple[PyTree, jax.Array]:
 
 def max_abs(stacked: PyTree) -> jax.Array:
   """Per-worker largest absolute entry, shape ``[R]``."""
-  per_leaf = jax.tree.map(lambda x: jnp.max(jnp.abs(_rows(x)), axis=1),
-                          stacked)
+  # initial=0: zero-size leaves (a (R, 0) parameter) contribute nothing.
+  per_leaf = jax.tree.map(
+      lambda x: jnp.max(jnp.abs(_rows(x)), axis=1,
+                        initial=jnp.zeros([], x.dtype)), stacked)
   return jnp.max(jnp.stack(jax.tree.leaves(per_leaf)), axis=0)
 
 

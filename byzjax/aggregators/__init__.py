@@ -9,6 +9,27 @@ shapes or loop bounds are Python ints. ``return_info=True`` returns
 
 Rows with any NaN or Inf are erasures (zero weight); rows of huge finite
 values (1e30, 3e38) never overflow an aggregator into NaN or Inf.
+
+Contracts shared by every aggregator (one shared entry point,
+``byzjax._public.public``, implements the last four):
+
+* Per-worker ``weights``: a weight that is NaN, +-Inf, zero or negative makes
+  that worker an erasure (weight zero), exactly like a non-finite row; an
+  infinite weight does not mean "only this worker". All weighted rules
+  (:func:`mean`, :func:`geometric_median`, :func:`block_geometric_median`)
+  apply this through :func:`byzjax.tree.worker_weights`.
+* dtypes: float16 and bfloat16 leaves are computed in float32 (distances,
+  Gram matrices, norms, weights and noise floors would overflow or drown in
+  rounding otherwise) and the aggregate is cast back to the input dtype;
+  integer and boolean leaves are aggregated as float32 and the aggregate is
+  float32. float32 and float64 are used as they are.
+* Zero-size leaves (e.g. a ``(R, 0)`` parameter) hold no coordinates: they
+  contribute nothing and come back as zero-size leaves.
+* Eager calls: each aggregator is one :func:`jax.jit`-compiled program per
+  input shape and hyperparameters (hyperparameters are static, array
+  arguments such as ``weights`` or ``key`` are traced), so calling it
+  eagerly in a loop compiles once. Under an outer ``jit`` or ``vmap`` it is
+  inlined as usual. Unknown or missing keywords raise ``ValueError``.
 """
 
 from byzjax.aggregators.block_coordinate import block_geometric_median

@@ -35,6 +35,7 @@ honest columns to zero.
 """
 
 import functools
+import inspect
 import math
 from typing import Any, NamedTuple
 
@@ -44,6 +45,7 @@ import numpy as np
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 from byzjax.aggregators.geometric_median import geometric_median
 from byzjax.aggregators.geometric_median import WeiszfeldInfo
 
@@ -324,6 +326,8 @@ def _gather_columns(rows: list, layout: _Layout, idx: jax.Array) -> jax.Array:
     return _take_columns(jnp.concatenate(rows, axis=1), idx)
   out = None
   for x, off, n in zip(rows, layout.offsets, layout.sizes):
+    if n == 0:  # a zero-size leaf holds no selected column
+      continue
     part = _take_columns(x, _local(idx, off, n))
     out = part if out is None else out + part  # one leaf holds each index
   return out
@@ -335,6 +339,9 @@ def _scatter(values: jax.Array, layout: _Layout, idx: jax.Array,
   leaves = []
   for shape, off, n, dt in zip(layout.shapes, layout.offsets, layout.sizes,
                                dtypes):
+    if n == 0:
+      leaves.append(jnp.zeros(shape, dt))
+      continue
     flat = jnp.zeros((n,), dt).at[_local(idx, off, n)].set(
         values.astype(dt), mode="drop")
     leaves.append(flat.reshape(shape))
@@ -344,6 +351,9 @@ def _scatter(values: jax.Array, layout: _Layout, idx: jax.Array,
 def _index_mask(layout: _Layout, idx: jax.Array) -> PyTree:
   leaves = []
   for shape, off, n in zip(layout.shapes, layout.offsets, layout.sizes):
+    if n == 0:
+      leaves.append(jnp.zeros(shape, bool))
+      continue
     flat = jnp.zeros((n,), bool).at[_local(idx, off, n)].set(True, mode="drop")
     leaves.append(flat.reshape(shape))
   return jax.tree.unflatten(layout.treedef, leaves)
@@ -354,6 +364,7 @@ def _rows_of(stacked: PyTree) -> list:
           for x in jax.tree.leaves(stacked)]
 
 
+@public
 def select_blocks(
     updates: PyTree,
     *,
@@ -416,12 +427,20 @@ def _select_mask(updates: PyTree, key, *, k: int, sampling: str) -> PyTree:
 
 
 def _validate_gm_kwargs(gm_kwargs: dict, reserved=_RESERVED_GM_KWARGS) -> None:
-  """Rejects geometric-median arguments that the block step sets itself."""
+  """Rejects unknown geometric-median arguments and those the block step
+  sets itself."""
   for name in reserved:
     if name in gm_kwargs:
       raise ValueError(
           f"{name} is set by the block aggregator and cannot be passed to "
           "the geometric median here.")
+  known = [n for n in inspect.signature(geometric_median).parameters
+           if n not in ("updates",) + tuple(reserved)]
+  unknown = sorted(set(gm_kwargs) - set(known))
+  if unknown:
+    raise ValueError(
+        f"unknown keyword argument(s) {unknown}: the block geometric median "
+        f"forwards only the geometric median's arguments {known}.")
 
 
 class _BlockStep(NamedTuple):
@@ -467,9 +486,9 @@ def _block_step_jit(updates, key, dynamic_gm, *, k, sampling, static_gm,
   gm_kwargs = dict(static_gm)
   gm_kwargs.update(dynamic_gm)
   weights = gm_kwargs.pop("weights", None)
-  weights = live if weights is None else jnp.where(live, weights, 0)
+  weights = btree.worker_weights(weights, live, compact.dtype)
   med, gm_info = geometric_median(compact, return_info=True,
-                                  weights=weights.astype(compact.dtype),
+                                  weights=weights,
                                   **gm_kwargs)
   dtypes = [x.dtype for x in jax.tree.leaves(updates)]
   agg = _scatter(med, layout, idx, dtypes)
@@ -478,6 +497,7 @@ def _block_step_jit(updates, key, dynamic_gm, *, k, sampling, static_gm,
                     BlockGeometricMedianInfo(idx, mass, gm_info))
 
 
+@public
 def block_geometric_median(
     updates: PyTree,
     *,

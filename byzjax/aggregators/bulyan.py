@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 from byzjax.aggregators.coordinatewise import _median_of_sorted
 from byzjax.aggregators.coordinatewise import _sorted_map
 from byzjax.aggregators.coordinatewise import _window_mean_of_sorted
@@ -42,25 +43,47 @@ def _closest_to_median_mean(s: jax.Array, num_selected: jax.Array,
   """Mean of the ``beta`` values of each column closest to its median.
 
   ``s`` ``[P, c]`` holds the ``num_selected`` selected values of each column
-  in ascending order (then ``+inf``). The ``beta`` values closest to the
-  median ``mu`` form a contiguous window ``s[j:j + beta]`` of the sorted
-  column; among the ``num_selected - beta + 1 <= 2f + 1`` windows it is one
-  with the smallest radius ``max(mu - s[j], s[j + beta - 1] - mu)`` (the
-  first on ties).
+  in ascending order (then ``+inf``). With ``mu`` the median, the distances
+  ``|s_j - mu|`` decrease and then increase along the sorted column, so the
+  value farthest from ``mu`` is always at one end of the window
+  ``s[lo:hi + 1]``. Dropping that end ``n - beta`` times (at most ``2f``
+  steps of ``O(c)`` work) leaves a window of the ``beta`` values closest to
+  ``mu``: a minimiser of :math:`\\sum_{i \\in M} |s_i - \\mu|` over sets
+  ``M`` of size ``beta``. On an exact tie of the two ends (``mu - s_lo ==
+  s_hi - mu``) the larger value is dropped; every such choice attains the
+  same minimal sum. (Comparing windows by their largest distance instead
+  is not the same rule: it ties windows with different sums.)
+
+  Distances are compared in halves (``|s/2 - mu/2|``) so that ``3e38`` and
+  ``-3e38`` cannot overflow to equal infinities.
   """
   f = num_byzantine
   n = num_selected
   beta = jnp.maximum(n - 2 * f, 1)
-  num_windows = 2 * f + 1
+  num_drops = n - beta  # <= 2f
   mu = _median_of_sorted(s, n)
-  lo = s[:num_windows]
-  hi = jax.lax.dynamic_slice_in_dim(s, beta - 1, num_windows, axis=0)
-  radius = jnp.maximum(mu - lo, hi - mu)
-  valid = jnp.arange(num_windows)[:, None] <= n - beta
-  start = jnp.argmin(jnp.where(valid, radius, jnp.inf), axis=0)
+  half = jnp.asarray(0.5, s.dtype)
+
+  def dist_at(idx):
+    v = jnp.take_along_axis(s, idx[None, :], axis=0)[0]
+    return jnp.abs(v * half - mu * half)
+
+  def drop_one(t, bounds):
+    lo, hi = bounds
+    active = t < num_drops
+    drop_lo = dist_at(lo) > dist_at(hi)
+    lo = jnp.where(active & drop_lo, lo + 1, lo)
+    hi = jnp.where(active & ~drop_lo, hi - 1, hi)
+    return lo, hi
+
+  c = s.shape[1:]
+  lo0 = jnp.zeros(c, jnp.int32)
+  hi0 = jnp.broadcast_to(jnp.maximum(n - 1, 0), c).astype(jnp.int32)
+  start, _ = jax.lax.fori_loop(0, 2 * f, drop_one, (lo0, hi0))
   return _window_mean_of_sorted(s, start, jnp.where(n > 0, beta, 0))
 
 
+@public
 def bulyan(
     updates: PyTree,
     *,
@@ -92,7 +115,9 @@ def bulyan(
   ``f`` Byzantine workers). With more than ``f`` erasures fewer than
   :math:`\\theta` live workers may be left; the selection then stops early
   and the second stage averages :math:`\\max(|\\mathcal{S}| - 2f, 1)` values
-  (the median when that is 1).
+  (the median when that is 1). On an exact tie of distances to the median
+  (values ``mu - t`` and ``mu + t`` competing for the last place) the
+  smaller value is kept.
 
   Each output coordinate lies within the range of the honest values of that
   coordinate while at most ``f`` workers are Byzantine, whatever they send

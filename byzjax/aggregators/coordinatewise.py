@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 
 PyTree = Any
 
@@ -281,6 +282,7 @@ def _window_mean_of_sorted(s: jax.Array, start: jax.Array,
 # Public aggregators.
 
 
+@public
 def mean(
     updates: PyTree,
     *,
@@ -338,6 +340,7 @@ def mean(
   return out, MeanInfo(weights=norm_weights, live=live)
 
 
+@public
 def coordinate_median(
     updates: PyTree,
     *,
@@ -388,6 +391,7 @@ def coordinate_median(
   return out, CoordinateMedianInfo(live=live, num_live=n)
 
 
+@public
 def trimmed_mean(
     updates: PyTree,
     *,

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 
 PyTree = Any
 
@@ -69,8 +70,10 @@ def _objective(alpha, dist):
 def _beta(alpha, dist, nu):
   beta = alpha / jnp.maximum(dist, nu)
   # All weights zero (every worker erased): beta = 0 and the median is the
-  # centre, which is then the origin.
-  return beta / jnp.maximum(jnp.sum(beta), jnp.finfo(beta.dtype).tiny)
+  # centre, which is then the origin. (A `where`, not a division guarded by
+  # `maximum(total, tiny)`: XLA may rewrite the latter into 0/0 under jit.)
+  total = jnp.sum(beta)
+  return jnp.where(total > 0, beta / jnp.where(total > 0, total, 1.0), 0.0)
 
 
 def _rel_change(prev, new):
@@ -154,6 +157,7 @@ def gram_switch_iters(num_workers: int, backend: str | None = None) -> int:
   return 2
 
 
+@public(like_update=("init",))
 def geometric_median(
     updates: PyTree,
     *,
@@ -185,7 +189,8 @@ def geometric_median(
   Args:
     updates: pytree whose leaves share a leading worker axis ``R``.
     weights: optional non-negative per-worker weights ``alpha``, shape
-      ``[R]`` (default: all ones). Erased workers get weight zero.
+      ``[R]`` (default: all ones). Erased workers, and weights that are
+      NaN, infinite, zero or negative, get weight zero.
     init: optional starting point shaped like one worker's update (e.g. last
       step's aggregate, for warm starts). Default: the mean of the half of
       the live rows nearest to the live row of median norm.
@@ -241,10 +246,7 @@ def geometric_median(
 
   clean, live = btree.zero_erasures(updates)
   dtype = jnp.result_type(*jax.tree.leaves(clean))
-  if weights is None:
-    alpha = live.astype(dtype)
-  else:
-    alpha = jnp.where(live & (weights > 0), weights, 0.0).astype(dtype)
+  alpha = btree.worker_weights(weights, live, dtype)
   u, std = btree.standardize(clean, live)
   if nu is None:
     nu_std = jnp.asarray(1e-7, dtype)

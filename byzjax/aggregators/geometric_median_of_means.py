@@ -15,6 +15,7 @@ import numpy as np
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 from byzjax.aggregators.geometric_median import geometric_median
 from byzjax.aggregators.geometric_median import WeiszfeldInfo
 
@@ -46,6 +47,7 @@ def group_slots(num_workers: int, num_groups: int) -> np.ndarray:
   return np.repeat(np.arange(num_groups), sizes).astype(np.int32)
 
 
+@public
 def geometric_median_of_means(
     updates: PyTree,
     *,
@@ -134,7 +136,8 @@ def geometric_median_of_means(
   r = btree.num_workers(updates)
   k = _checks.check_int("num_groups", num_groups, low=1, high=r)
   if trim_threshold is not None:
-    _checks.check_positive("trim_threshold", trim_threshold)
+    _checks.check_positive("trim_threshold", trim_threshold,
+                           allow_inf=True)
   _checks.check_int("max_iters", max_iters, low=1)
   _checks.check_positive("tol", tol, allow_zero=True)
 

@@ -33,9 +33,13 @@ import jax.numpy as jnp
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 from byzjax.aggregators.coordinatewise import _weighted_mean
 
 PyTree = Any
+
+# Neighbour-count conventions: the paper's R - f - 2, or R - f - 1.
+NEIGHBOURS = {"blanchard": 2, "byzfl": 1}
 
 
 class KrumInfo(NamedTuple):
@@ -85,11 +89,13 @@ def _krum_scores(sq_dists: jax.Array, active: jax.Array,
   return jnp.where(active, score, jnp.inf)
 
 
+@public
 def krum(
     updates: PyTree,
     *,
     num_byzantine: int,
     num_selected: int = 1,
+    neighbours: str = "blanchard",
     return_info: bool = False,
 ) -> PyTree | tuple[PyTree, KrumInfo]:
   """Krum / Multi-Krum aggregation (Blanchard et al., 2017).
@@ -106,6 +112,14 @@ def krum(
   with the smallest score; Multi-Krum (``num_selected = m``) averages the
   ``m`` updates with the smallest scores (ties broken by worker index).
   Krum needs :math:`2f + 2 < R`.
+
+  Neighbour count. Blanchard et al. (Section 4) define :math:`N_i` as the
+  :math:`R - f - 2` closest other workers (``neighbours="blanchard"``, the
+  default, used by their analysis). Some libraries (ByzFL, for one) sum
+  over :math:`R - f - 1` neighbours instead;
+  ``neighbours="byzfl"`` gives that convention, for comparisons with
+  results obtained with it. On the same inputs the two can select different
+  workers.
 
   Erasures (rows with any NaN/Inf) are never selected and are not
   neighbours; they count among the ``f`` Byzantine workers, so the neighbour
@@ -124,6 +138,8 @@ def krum(
       (Python int, :math:`2f + 2 < R`).
     num_selected: :math:`m \\in [1, R]`, the number of best-scored updates
       averaged (1 is Krum, more is Multi-Krum).
+    neighbours: ``"blanchard"`` (:math:`R - f - 2` neighbours, the paper's)
+      or ``"byzfl"`` (:math:`R - f - 1`, ByzFL's convention).
     return_info: also return a :class:`KrumInfo`; its scores are in the
       squared units of the updates (they overflow to ``inf`` only if the
       honest spread itself is beyond ~1e19; rows beyond the taming radius get
@@ -157,9 +173,13 @@ def krum(
         f"num_byzantine={num_byzantine!r} is too large for R = {r} workers: "
         "Krum needs 2 * num_byzantine + 2 < R.")
   m = _checks.check_int("num_selected", num_selected, low=1, high=r)
+  if neighbours not in NEIGHBOURS:
+    raise ValueError(f"neighbours must be one of {tuple(NEIGHBOURS)}, got "
+                     f"{neighbours!r}.")
 
   pair = _pairwise_sq_dists(updates)
-  scores = _krum_scores(pair.sq_dists, pair.live, r - f - 2)
+  scores = _krum_scores(pair.sq_dists, pair.live,
+                        r - f - NEIGHBOURS[neighbours])
   rank = jnp.argsort(jnp.argsort(scores, stable=True), stable=True)
   selected = pair.live & (rank < m)
   dtype = pair.sq_dists.dtype

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 from byzjax.aggregators.coordinatewise import _ceil_count
 from byzjax.aggregators.coordinatewise import _weighted_mean
 
@@ -28,6 +29,7 @@ class NormThresholdInfo(NamedTuple):
   norms: jax.Array  # float, shape [R]: norms used for ranking (inf = erased)
 
 
+@public
 def norm_threshold(
     updates: PyTree,
     *,

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from byzjax import tree as btree
+from byzjax._public import public
 
 PyTree = Any
 
@@ -32,6 +33,7 @@ class SignVoteInfo(NamedTuple):
   #                       the worker's sign equals the vote (0 if erased)
 
 
+@public
 def sign_majority_vote(
     updates: PyTree,
     *,
@@ -50,7 +52,7 @@ def sign_majority_vote(
   .. warning::
     ``updates`` is stacked: every leaf has a leading worker axis ``R``; the
     result has that axis removed and entries in ``{-1, 0, 1}`` (dtype of
-    each leaf).
+    each leaf; float32 for integer leaves, as for every aggregator).
 
   Args:
     updates: pytree whose leaves share a leading worker axis ``R``.

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 
 PyTree = Any
 
@@ -201,6 +202,7 @@ def _scores(gram, c, floor, *, power_iters, power_tol):
   return jnp.where(rayleigh > floor, p, 0.0)
 
 
+@public
 def spectral_filter(
     updates: PyTree,
     *,

@@ -184,12 +184,15 @@ def impulse_noise(fraction: float = 0.9, *, low: float = 0.0,
     ``attack(key, x, y) -> (x', y)`` with ``x'`` in ``x``'s dtype.
 
   Raises:
-    ValueError: if ``fraction`` or ``salt_fraction`` is outside ``[0, 1]``.
+    ValueError: if ``fraction`` or ``salt_fraction`` is outside ``[0, 1]``,
+      or ``low`` or ``high`` is not a finite number.
   """
   _checks.check_fraction("fraction", fraction, low=0.0, high=1.0,
                          high_inclusive=True)
   _checks.check_fraction("salt_fraction", salt_fraction, low=0.0, high=1.0,
                          high_inclusive=True)
+  _checks.check_finite("low", low)
+  _checks.check_finite("high", high)
 
   def attack(key, x, y):
     x = jnp.asarray(x)

@@ -74,6 +74,7 @@ import optax
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 
 PyTree = Any
 
@@ -148,7 +149,12 @@ def _tree_unit(tree: PyTree) -> PyTree:
 # ---------------------------------------------------------------------------
 # Pure attacks.
 
+# One compiled program per shape and hyperparameters for eager calls; no
+# upcast (honest rows come back bit for bit, in their own dtype).
+_attack = public(upcast=False, stacked_output=True)
 
+
+@_attack
 def gaussian_noise(stacked: PyTree, byzantine: jax.Array, *,
                    key: jax.Array | None = None,
                    variance: float = 100.0) -> PyTree:
@@ -177,6 +183,7 @@ def gaussian_noise(stacked: PyTree, byzantine: jax.Array, *,
   return _replace_rows(stacked, byzantine, noisy)
 
 
+@_attack
 def bit_flip(stacked: PyTree, byzantine: jax.Array, *,
              scale: float = 100.0) -> PyTree:
   """Scaled bit flip: Byzantine workers send :math:`-c\\, g_i`.
@@ -200,20 +207,44 @@ def bit_flip(stacked: PyTree, byzantine: jax.Array, *,
   return _replace_rows(stacked, byzantine, flipped)
 
 
-def sign_flip(stacked: PyTree, byzantine: jax.Array) -> PyTree:
-  """Sign flip: Byzantine workers send :math:`-g_i`.
+@_attack
+def sign_flip(stacked: PyTree, byzantine: jax.Array, *,
+              reference: str = "own") -> PyTree:
+  """Sign flip: Byzantine workers send :math:`-g_i` (or minus the honest mean).
+
+  With ``reference="own"`` (the default) each Byzantine worker flips its own
+  gradient, :math:`-g_i`: a worker that computed an honest gradient and
+  sends its negative, the sign-flipping fault of the literature. Some
+  libraries (ByzFL's ``SignFlipping``, for one) instead have every Byzantine
+  worker send the negated mean of the honest workers,
+  :math:`-\\frac{1}{|H|}\\sum_{i \\in H} g_i` (an omniscient attack, the same
+  as :func:`ipm` with :math:`\\varepsilon = 1`); ``reference="honest_mean"``
+  gives that convention. Honest rows that are erasures are left out of the
+  mean.
 
   Args:
     stacked: stacked updates, leaves ``[R, ...]``.
     byzantine: boolean mask ``[R]``.
+    reference: ``"own"`` (:math:`-g_i`) or ``"honest_mean"`` (minus the mean
+      of the honest live workers).
 
   Returns:
     The stacked updates with the Byzantine rows rewritten.
   """
   byzantine = _check_mask(stacked, byzantine)
-  return _replace_rows(stacked, byzantine, jax.tree.map(jnp.negative, stacked))
+  if reference == "own":
+    flipped = jax.tree.map(jnp.negative, stacked)
+  elif reference == "honest_mean":
+    clean, ref, count = _reference(stacked, byzantine)
+    flipped = jax.tree.map(lambda m: -m[None],
+                           _honest_mean(clean, ref, count))
+  else:
+    raise ValueError(
+        f"reference must be 'own' or 'honest_mean', got {reference!r}.")
+  return _replace_rows(stacked, byzantine, flipped)
 
 
+@_attack
 def random_gaussian(stacked: PyTree, byzantine: jax.Array, *,
                     key: jax.Array | None = None, mean: float = 0.0,
                     variance: float = 100.0) -> PyTree:
@@ -233,8 +264,7 @@ def random_gaussian(stacked: PyTree, byzantine: jax.Array, *,
   """
   byzantine = _check_mask(stacked, byzantine)
   _checks.check_positive("variance", variance, allow_zero=True)
-  if isinstance(mean, bool) or not isinstance(mean, numbers.Real):
-    raise ValueError(f"mean must be a Python number, got {mean!r}.")
+  _checks.check_finite("mean", mean)
   _require_key(key, "random_gaussian")
   std = variance ** 0.5
   rand = jax.tree.map(
@@ -271,6 +301,7 @@ def alie_z_max(num_workers, num_byzantine) -> jax.Array:
   return jax.scipy.special.ndtri(p).astype(jnp.float32)
 
 
+@_attack
 def alie(stacked: PyTree, byzantine: jax.Array, *,
          z: float | None = None) -> PyTree:
   """"A little is enough" (ALIE): :math:`\\mu_j - z \\sigma_j` per coordinate.
@@ -287,6 +318,14 @@ def alie(stacked: PyTree, byzantine: jax.Array, *,
   (Baruch et al. 2019, Algorithm 3). The standard deviation is computed in
   power-of-two-scaled units, so honest rows of 1e30 do not overflow it.
 
+  The default :math:`z` is the paper's,
+  :math:`\\Phi^{-1}((n - s)/n)` with :math:`s = \\lfloor n/2 + 1\\rfloor - f`
+  (:func:`alie_z_max`). Several public implementations (Blades, for one)
+  take the quantile over the honest workers only,
+  :math:`\\Phi^{-1}((n - f - s)/(n - f))`, which is smaller (e.g. 0.16
+  against 0.39 for ``n = 20, f = 4``); to reproduce results obtained with
+  that convention, pass it as ``z``.
+
   Args:
     stacked: stacked updates, leaves ``[R, ...]``.
     byzantine: boolean mask ``[R]``.
@@ -300,8 +339,8 @@ def alie(stacked: PyTree, byzantine: jax.Array, *,
     For Distributed Learning <https://arxiv.org/abs/1902.06156>`_, 2019.
   """
   byzantine = _check_mask(stacked, byzantine)
-  if z is not None and (isinstance(z, bool) or not isinstance(z, numbers.Real)):
-    raise ValueError(f"z must be a Python number or None, got {z!r}.")
+  if z is not None:
+    _checks.check_finite("z", z)
   r = btree.num_workers(stacked)
   clean, ref, count = _reference(stacked, byzantine)
   mu = _honest_mean(clean, ref, count)
@@ -324,6 +363,7 @@ def alie(stacked: PyTree, byzantine: jax.Array, *,
                                                         attacked))
 
 
+@_attack
 def ipm(stacked: PyTree, byzantine: jax.Array, *,
         epsilon: float = 0.1) -> PyTree:
   """Inner-product manipulation: :math:`-\\varepsilon` times the honest mean.
@@ -354,6 +394,7 @@ def ipm(stacked: PyTree, byzantine: jax.Array, *,
   return _replace_rows(stacked, byzantine, attacked)
 
 
+@public(upcast=False, stacked_output=True, like_update=("direction",))
 def annulus(stacked: PyTree, byzantine: jax.Array, *,
             key: jax.Array | None = None, direction: PyTree | None = None,
             radius_scale: float = 1.0) -> PyTree:
@@ -418,6 +459,7 @@ def annulus(stacked: PyTree, byzantine: jax.Array, *,
   return _replace_rows(stacked, byzantine, attacked)
 
 
+@_attack
 def constant(stacked: PyTree, byzantine: jax.Array, *, value: float) -> PyTree:
   """Byzantine workers send every entry equal to ``value``.
 
@@ -440,6 +482,7 @@ def constant(stacked: PyTree, byzantine: jax.Array, *, value: float) -> PyTree:
   return _replace_rows(stacked, byzantine, filled)
 
 
+@_attack
 def silence(stacked: PyTree, byzantine: jax.Array) -> PyTree:
   """Byzantine workers send nothing: their rows become NaN (erasures).
 

@@ -33,6 +33,49 @@ class AggregateState(NamedTuple):
   info: Any             # the aggregator's info NamedTuple from the last step
 
 
+# The probe input on which `aggregate` validates its hyperparameters when the
+# number of workers is not given: large enough that no sensible
+# hyperparameter (a Byzantine count, a number of groups, a block size) is
+# rejected for the probe's sake. Only shapes are traced, nothing is computed.
+_PROBE_WORKERS = 4096
+_PROBE_DIM = 2**24
+
+
+def _validate(aggregator: Callable[..., Any], hparams: dict, params,
+              accepts_any: bool, num_workers: int | None) -> None:
+  """Traces ``aggregator(probe, **hparams)`` (shapes only) so that a bad
+  hyperparameter raises its ``ValueError`` now, when the transform is built.
+  """
+  name = getattr(aggregator, "__name__", repr(aggregator))
+  unknown = sorted(set(hparams) - set(params))
+  if unknown and not accepts_any:
+    raise ValueError(f"{name} has no hyperparameter(s) {unknown}.")
+  for reserved in ("init", "return_info"):
+    if reserved in hparams:
+      raise ValueError(
+          f"{reserved} is set by aggregate() itself (see warm_start and "
+          "num_workers); do not pass it as a hyperparameter.")
+  # Array-valued hyperparameters (per-worker weights, a key) have shapes
+  # tied to the real input: they are checked at the first update.
+  scalars = {k: v for k, v in hparams.items()
+             if not any(hasattr(x, "shape") for x in jax.tree.leaves(v))}
+  dim = _PROBE_DIM
+  if isinstance(scalars.get("num_coords"), int):
+    dim = max(dim, scalars["num_coords"])
+  r = _PROBE_WORKERS if num_workers is None else num_workers
+  probe = {"w": jax.ShapeDtypeStruct((r, dim), jnp.float32)}
+  needs_key = "key" in params and "key" not in scalars
+  key = jax.eval_shape(lambda: jax.random.key(0)) if needs_key else None
+
+  def trace(stacked, k):
+    kwargs = dict(scalars)
+    if needs_key:
+      kwargs["key"] = k
+    return aggregator(stacked, **kwargs)
+
+  jax.eval_shape(trace, probe, key)
+
+
 def _stack_like(params: PyTree, num_workers: int) -> PyTree:
   return jax.tree.map(
       lambda p: jax.ShapeDtypeStruct((num_workers,) + jnp.shape(p),
@@ -71,7 +114,12 @@ def aggregate(
 
   Raises:
     ValueError: if ``warm_start`` is set for an aggregator without ``init``,
-      or ``return_info`` would be needed and the aggregator lacks it.
+      or ``return_info`` would be needed and the aggregator lacks it; and,
+      when the transform is built, for an unknown or invalid hyperparameter
+      (the aggregator is traced, shapes only, on a probe input). A
+      hyperparameter whose validity depends on the number of workers (e.g.
+      Krum's ``num_byzantine``) is checked against ``num_workers`` when it
+      is given, otherwise at the first update.
   """
   params = inspect.signature(aggregator).parameters
   accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -87,6 +135,7 @@ def aggregate(
           f"{getattr(aggregator, '__name__', aggregator)!r} has no "
           "`return_info` argument.")
   keep_info = num_workers is not None
+  _validate(aggregator, hparams, params, accepts_any, num_workers)
 
   def call(updates, init, extra):
     kwargs = dict(hparams)

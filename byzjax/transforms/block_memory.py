@@ -295,7 +295,7 @@ def block_geometric_median_descent(
   _blk._check_sampling(sampling, key)
   _check_learning_rate(learning_rate)
   if memory_clip is not None:
-    _checks.check_positive("memory_clip", memory_clip)
+    _checks.check_positive("memory_clip", memory_clip, allow_inf=True)
   if memory not in ("shared", "per_worker"):
     raise ValueError(
         f"memory must be 'shared' or 'per_worker', got {memory!r}.")

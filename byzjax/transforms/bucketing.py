@@ -32,6 +32,7 @@ import optax
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 
 PyTree = Any
 
@@ -41,6 +42,7 @@ class BucketingState(NamedTuple):
   key: jax.Array  # PRNG key; split on every update (fresh permutation)
 
 
+@public(stacked_output=True)
 def bucket_means(
     updates: PyTree,
     *,
@@ -57,6 +59,8 @@ def bucket_means(
   Returns:
     A stacked pytree with leading axis ``ceil(R / s)``: the bucket means (see
     the module docstring; all-NaN for a bucket whose members are all erased).
+    Integer leaves give float32 means; half-precision leaves are averaged in
+    float32 and returned in their own dtype.
 
   Examples:
     >>> import jax, jax.numpy as jnp

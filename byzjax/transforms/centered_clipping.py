@@ -31,6 +31,7 @@ import optax
 
 from byzjax import _checks
 from byzjax import tree as btree
+from byzjax._public import public
 
 PyTree = Any
 
@@ -82,6 +83,7 @@ def _cc_step(clean: PyTree, live: jax.Array, n_live: jax.Array,
   return new_center, CenteredClipInfo(dist, clipped, live)
 
 
+@public(like_update=("center",))
 def centered_clip(
     updates: PyTree,
     *,
@@ -102,7 +104,8 @@ def centered_clip(
 
   Args:
     updates: pytree whose leaves share a leading worker axis ``R``.
-    center: the starting point :math:`v` (the previous aggregate); ``None``
+    center: the starting point :math:`v` (the previous aggregate), shaped
+      like one worker's update (a ``ValueError`` names a mismatch); ``None``
       means zeros.
     radius: the clipping radius :math:`\\tau > 0` (``float('inf')`` allowed).
     num_iters: number of (CC) iterations, a Python int >= 1.
@@ -125,7 +128,7 @@ def centered_clip(
     Optimization <https://arxiv.org/abs/2012.10333>`_, ICML 2021, eq. (CC).
   """
   btree.num_workers(updates)
-  _checks.check_positive("radius", radius)
+  _checks.check_positive("radius", radius, allow_inf=True)
   _checks.check_int("num_iters", num_iters, low=1)
   v, info = _centered_clip(updates, center, radius=float(radius),
                            num_iters=num_iters)
@@ -193,7 +196,7 @@ def centered_clipping(
     Karimireddy, He & Jaggi, `Learning from History for Byzantine Robust
     Optimization <https://arxiv.org/abs/2012.10333>`_, ICML 2021.
   """
-  _checks.check_positive("radius", radius)
+  _checks.check_positive("radius", radius, allow_inf=True)
   _checks.check_int("num_iters", num_iters, low=1)
 
   def init_fn(params):

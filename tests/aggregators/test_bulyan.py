@@ -160,3 +160,49 @@ def test_bad_num_byzantine_raises(num_workers, f):
 def test_leaves_with_different_leading_sizes_raise():
   with pytest.raises(ValueError, match="leading"):
     bulyan({"a": _x(11, 3), "b": _x(12, 3)}, num_byzantine=1)
+
+
+def _min_sum_over_subsets(col, mu, beta):
+  """min over subsets M of size beta of sum_{i in M} |col_i - mu| (brute)."""
+  import itertools
+  return min(sum(abs(col[i] - mu) for i in m)
+             for m in itertools.combinations(range(len(col)), beta))
+
+
+def test_tied_radii_average_the_values_closest_to_the_median():
+  # Issue 13: windows [0, 0, 1] and [0, 1, 1.5] have the same largest
+  # distance (1) to the median 1 but sums 2 and 1.5; the beta = 3 values
+  # closest to the median are {0, 1, 1.5}, mean 0.8333.
+  x = {"w": np.array([[0.], [0.], [1.], [1.5], [3.], [100.], [200.]],
+                     np.float32)}
+  got = bulyan(x, num_byzantine=1)["w"]
+  expect, order = _np_bulyan(x["w"], 1)
+  assert sorted(order) == [0, 1, 2, 3, 4]
+  np.testing.assert_allclose(got, expect, rtol=1e-6)
+  np.testing.assert_allclose(got, [(0 + 1 + 1.5) / 3], rtol=1e-6)
+
+
+def test_identical_byzantine_rows_alie_match_oracle():
+  # ALIE-like: f identical rows at mu - z sigma per coordinate, which ties
+  # many windows' radii; every coordinate must match the paper's rule.
+  # Shape (16, 12) as split leaves and f = 3: shares test_matches_oracle's
+  # compilation.
+  rng = np.random.default_rng(10)
+  honest = rng.normal(size=(13, 12)).astype(np.float32)
+  f = 3
+  byz = honest.mean(0) - 1.0 * honest.std(0)
+  x = np.concatenate([honest, np.tile(byz, (f, 1))]).astype(np.float32)
+  got, info = _jbulyan(helpers.split_leaves(x), num_byzantine=f,
+                       return_info=True)
+  expect, order = _np_bulyan(x, f)
+  np.testing.assert_array_equal(info.order, order)
+  np.testing.assert_allclose(helpers.join_leaves(got), expect, rtol=1e-5,
+                             atol=1e-6)
+  # Property: the averaged values attain the minimal sum of distances.
+  sel = x[sorted(order)].astype(np.float64)
+  beta = len(order) - 2 * f
+  for k in range(0, 12, 3):
+    col, mu = sel[:, k], np.median(sel[:, k])
+    best = _min_sum_over_subsets(col, mu, beta)
+    kept = np.sort(np.abs(col - mu))[:beta].sum()
+    np.testing.assert_allclose(kept, best, rtol=1e-12)

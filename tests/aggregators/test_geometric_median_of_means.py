@@ -222,6 +222,6 @@ def test_bad_hyperparameters_raise(kwargs, name):
 
 
 def test_num_groups_is_required():
-  with pytest.raises(TypeError):
+  with pytest.raises(ValueError, match="num_groups"):
     geometric_median_of_means(  # pylint: disable=missing-kwoa
         {"w": jnp.zeros((4, 3))})

@@ -23,16 +23,17 @@ def jkrum(tree, num_byzantine, num_selected=1):
                 return_info=True)
 
 
-def _np_krum(x, f, m=1):
+def _np_krum(x, f, m=1, drop=2):
   """Loop oracle in float64: Blanchard et al.'s scores, erasures excluded.
 
   Erased rows never score and are not neighbours; the neighbour count is
-  R - f - 2, clamped to the number of other live rows.
+  R - f - drop (the paper's drop = 2), clamped to the number of other live
+  rows.
   """
   x = np.asarray(x, np.float64)
   r = x.shape[0]
   live = [i for i in range(r) if np.all(np.isfinite(x[i]))]
-  k = min(r - f - 2, len(live) - 1)
+  k = min(r - f - drop, len(live) - 1)
   scores = np.full(r, np.inf)
   for i in live:
     dists = sorted(float(np.sum((x[i] - x[j]) ** 2)) for j in live if j != i)
@@ -174,3 +175,20 @@ def test_bad_num_selected_raises(m):
 def test_leaves_with_different_leading_sizes_raise():
   with pytest.raises(ValueError, match="leading"):
     krum({"a": _x(9, 3), "b": _x(8, 3)}, num_byzantine=1)
+
+
+@pytest.mark.parametrize("neighbours,drop", [("blanchard", 2), ("byzfl", 1)])
+def test_neighbour_count_conventions_match_oracle(neighbours, drop):
+  # R = 7, f = 2: scores over 3 (paper) or 4 (ByzFL) nearest neighbours.
+  x = _x(7, 5, seed=11)
+  got, info = krum({"w": x}, num_byzantine=2, neighbours=neighbours,
+                   return_info=True)
+  expect, scores, chosen = _np_krum(x, 2, drop=drop)
+  np.testing.assert_array_equal(np.flatnonzero(info.selected), chosen)
+  np.testing.assert_allclose(info.scores, scores, rtol=1e-4)
+  np.testing.assert_allclose(got["w"], expect, rtol=1e-6)
+
+
+def test_unknown_neighbour_convention_raises():
+  with pytest.raises(ValueError, match="neighbours"):
+    krum({"w": _x(7, 5)}, num_byzantine=1, neighbours="n-f-1")

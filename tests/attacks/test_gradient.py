@@ -286,3 +286,18 @@ def test_attacks_on_a_message_with_sent_norms_rewrite_the_norm_too():
                              -0.1 * np.asarray(msg.norm)[~MASK].mean(),
                              rtol=1e-5)
   np.testing.assert_array_equal(out.norm[~MASK], msg.norm[~MASK])
+
+
+def test_sign_flip_of_the_honest_mean():
+  # ByzFL's convention: every Byzantine row is minus the mean of the honest
+  # live rows (an erased honest row is left out).
+  x = _x(12)
+  x[1, 0] = np.nan
+  out = _flat(G.sign_flip(helpers.split_leaves(x), MASK,
+                          reference="honest_mean"))
+  honest = x[~MASK & np.all(np.isfinite(x), axis=1)].astype(np.float64)
+  np.testing.assert_allclose(out[MASK], np.tile(-honest.mean(0), (3, 1)),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out[~MASK], x[~MASK])  # NaN == NaN here
+  with pytest.raises(ValueError, match="reference"):
+    G.sign_flip_attack(reference="mean")

@@ -109,3 +109,50 @@ def test_trains_least_squares_under_attack():
   for key in jax.random.split(jax.random.key(0), 60):
     params, state = step(params, state, key)
   np.testing.assert_allclose(params["w"], target, atol=0.2)
+
+
+@pytest.mark.parametrize("aggregator,hparams,match", [
+    (geometric_median, {"tol": float("nan")}, "tol"),
+    (geometric_median, {"method": "newton"}, "method"),
+    (geometric_median, {"tolerance": 1e-3}, "tolerance"),
+    (byzjax.aggregators.krum, {"num_byzantine": -1}, "num_byzantine"),
+    (byzjax.aggregators.trimmed_mean, {"trim_fraction": 0.7},
+     "trim_fraction"),
+    (byzjax.aggregators.spectral_filter, {"sigma": float("nan")}, "sigma"),
+    (byzjax.aggregators.block_geometric_median,
+     {"num_coords": 2, "max_iter": 5}, "max_iter"),
+    (byzjax.aggregators.block_geometric_median,
+     {"num_coords": 2, "sampling": "uniform"}, "sampling"),
+])
+def test_bad_hyperparameters_raise_when_built(aggregator, hparams, match):
+  with pytest.raises(ValueError, match=match):
+    byzjax.aggregate(aggregator, **hparams)
+
+
+def test_worker_count_dependent_hyperparameters_checked_with_num_workers():
+  # Krum needs 2f + 2 < R: checkable at build time only once R is known.
+  byzjax.aggregate(byzjax.aggregators.krum, num_byzantine=4)  # R unknown
+  with pytest.raises(ValueError, match="num_byzantine"):
+    byzjax.aggregate(byzjax.aggregators.krum, num_byzantine=4, num_workers=9)
+
+
+def test_keyed_aggregator_validates_without_a_key_at_build_time():
+  # The key is a per-step extra argument: building must not require it, and
+  # the other hyperparameters are still checked.
+  tx = byzjax.aggregate(byzjax.aggregators.block_geometric_median,
+                        num_coords=2, sampling="norm_proportional")
+  assert isinstance(tx, optax.GradientTransformationExtraArgs)
+  with pytest.raises(ValueError, match="max_iters"):
+    byzjax.aggregate(byzjax.aggregators.block_geometric_median,
+                     num_coords=2, sampling="norm_proportional", max_iters=0)
+
+
+def test_array_hyperparameters_are_not_checked_against_the_probe():
+  # Closed-over per-worker weights have the real R, not the probe's: the
+  # build succeeds and the shape is checked when the updates arrive.
+  tx = byzjax.aggregate(geometric_median, weights=jnp.ones(6))
+  state = tx.init(_params())
+  shapes = jax.eval_shape(tx.update, _stacked(jax.random.key(5)), state)
+  chex.assert_trees_all_equal_shapes(shapes[0], _params())
+  with pytest.raises(ValueError, match="weights"):
+    jax.eval_shape(tx.update, _stacked(jax.random.key(5), r=5), state)

@@ -335,3 +335,23 @@ def test_num_coords_above_dimension_fails_at_init():
   tx = block_geometric_median_descent(D + 1)
   with pytest.raises(ValueError, match="num_coords"):
     tx.init(PARAMS)
+
+
+def test_zero_size_leaf_contributes_nothing():
+  # Issue 13: a (R, 0) leaf (Flax models have them) crashed the gather.
+  a = np.random.default_rng(30).normal(size=(R, 5)).astype(np.float32)
+  tx = block_geometric_median_descent(num_coords=2)
+  state = tx.init({"a": jnp.zeros(5), "e": jnp.zeros((0,))})
+  out, state = tx.update({"a": a, "e": jnp.zeros((R, 0))}, state)
+  assert out["e"].shape == (0,) and state.memory["e"].shape == (0,)
+  # First step, zero memory: the geometric median of the two columns with
+  # the largest norms, zeros elsewhere.
+  idx = np.sort(np.argsort(-np.sum(a.astype(np.float64) ** 2, 0))[:2])
+  np.testing.assert_array_equal(np.sort(state.indices), idx)
+  expect = np.zeros(5)
+  expect[idx] = helpers.np_geometric_median(a[:, idx])
+  np.testing.assert_allclose(out["a"], expect, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+      state.memory["a"],
+      np.where(np.isin(np.arange(5), state.indices), 0.0, a.mean(0)),
+      rtol=1e-5, atol=1e-6)

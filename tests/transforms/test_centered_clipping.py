@@ -197,3 +197,13 @@ def test_bad_hyperparameters(kwargs, name):
     centered_clipping(**kwargs)
   with pytest.raises(ValueError, match=name):
     centered_clip({"w": jnp.ones((3, 2))}, **kwargs)
+
+
+@pytest.mark.parametrize("center", [
+    {"w": np.zeros(D + 1, np.float32)},          # wrong shape
+    {"v": np.zeros(D, np.float32)},              # wrong structure
+    {"w": np.zeros((R, D), np.float32)}])        # stacked by mistake
+def test_wrongly_shaped_center_raises_naming_it(center):
+  x = np.random.default_rng(20).normal(size=(R, D)).astype(np.float32)
+  with pytest.raises(ValueError, match="center"):
+    centered_clip({"w": x}, center=center, radius=1.0)
