@@ -38,7 +38,7 @@ cell (its ``log``), and the callback runs the same cell in PyTorch before
 (a) moves on, so a change of the machine's load hits both alike. (a)'s time
 is its wall time minus the time spent in those callbacks. PyTorch uses as
 many threads as there are usable cores, or 1 if that is faster (timed first,
-not counted: on the oversubscribed 2-core machine 2 threads were 20-40x
+not counted: on the oversubscribed 2-core machine 2 threads were 4-60x
 slower than 1 for this small MLP).
 
 Reports cells per hour for both and the ratio (target: byzjax >= 5x faster
@@ -459,7 +459,7 @@ def calibrate_threads(data, config, cell, candidates, steps=3) -> dict:
   """Seconds per torch step of ``cell`` for each thread count (best of 2).
 
   On an oversubscribed CPU torch's intra-op threads spin and wait: with 2
-  threads a step was 20-40x slower than with 1 at load 10 on 2 cores. The
+  threads a step was 4-60x slower than with 1 at load 7-13 on 2 cores. The
   benchmark uses the faster count, so that torch is not handicapped.
   """
   hidden = tuple(dict(config.task.model_args)["hidden"])
