@@ -232,8 +232,9 @@ def estimate_seconds(config: StudyConfig, cells: Sequence[Cell],
         f"median of {len(past)} finished cells")
   t = config.training
   # Rough model: 6 flops per parameter per example (forward + backward) at
-  # the rate a float32 matmul reaches here, plus ~5 s of compilation per
-  # distinct program.
+  # the rate a float32 matmul reaches here, plus ~20 s of compilation per
+  # distinct program (measured 5-45 s on a 2-core CPU, depending on load
+  # and on the defense; the persistent cache removes it on a rerun).
   a = jnp.ones((512, 512), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
@@ -245,8 +246,8 @@ def estimate_seconds(config: StudyConfig, cells: Sequence[Cell],
   runs = len(t.seeds) * len(t.learning_rate)
   flops = sum(6 * num_params * c.num_workers * t.batch_size * t.steps * runs
               for c in cells)
-  return flops / rate + 5.0 * programs, (
-      f"{programs} programs at ~5 s of compilation each, {num_params} "
+  return flops / rate + 20.0 * programs, (
+      f"{programs} programs at ~20 s of compilation each, {num_params} "
       f"parameters at a matmul rate of {rate / 1e9:.0f} GFLOP/s")
 
 
