@@ -21,7 +21,13 @@ standardized rows (as in :mod:`byzjax.aggregators.krum`, which explains why
 that is precise and overflow-safe), the neighbour sets from ``O(R^2 log R)``
 work on the small matrix, and the mixed rows from one ``R x R`` by ``R x d``
 product (each output row is a mean of ``R - f`` input rows, so this is the
-size of the output's definition).
+size of the output's definition). Rows farther than
+:data:`byzjax.tree.TAME_RADIUS` (``2**20``) typical distances from the
+centre are ranked by their tamed positions (as in Krum): this never changes
+an honest row's neighbourhood unless honest rows themselves lie that far
+apart, but the neighbourhoods of such far (Byzantine) rows among themselves
+may differ from exact arithmetic. Their mixed values are finite means of
+actual rows either way.
 
 Erasures (rows with any NaN/Inf entry) are never neighbours and stay erased:
 an erased row comes out all-NaN, so the aggregator that follows excludes it
