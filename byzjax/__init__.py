@@ -16,11 +16,14 @@ from byzjax import transforms
 from byzjax import tree
 from byzjax.transforms import aggregate
 from byzjax.transforms import AggregateState
+from byzjax.transforms import arc
 from byzjax.transforms import block_geometric_median_descent
 from byzjax.transforms import bucketing
 from byzjax.transforms import centered_clipping
+from byzjax.transforms import clipping
 from byzjax.transforms import compress
 from byzjax.transforms import error_feedback
+from byzjax.transforms import nnm
 from byzjax.transforms import per_worker
 from byzjax.transforms import using_sent_norms
 from byzjax.transforms import with_norm

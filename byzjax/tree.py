@@ -415,3 +415,35 @@ def standardize(stacked: PyTree, live: jax.Array, center: PyTree | None = None,
   u = jax.tree.map(leaf_u, diff)
   std_dist = jnp.where(tamed, radius, jnp.where(live, rel, 0.0))
   return u, Standardized(center, exponent, std_dist, tamed, live)
+
+
+def exact_norm_keys(n: jax.Array, e: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Exact sort keys for norms given as ``||x_i|| = n_i * 2**e_i``.
+
+  Returns ``(exponent, mantissa)`` with ``||x_i|| = mantissa_i *
+  2**exponent_i`` and ``0.5 <= mantissa_i < 1`` (``mantissa = 0`` and the
+  exponent ``-2**30`` for a zero norm), so that comparing
+  ``(exponent, mantissa)`` lexicographically compares the norms exactly, even
+  when they exceed float's range (where :func:`worker_norms` gives ``inf``)
+  or lie far apart (where a common scale would flush the smaller to zero).
+  ``n`` must be finite (see ``_row_norms``); rows flagged with ``n = inf``
+  get exponent ``2**30``. Both sentinels stay far from real exponents
+  (``|e| < 2**11``) and can be negated without int32 overflow.
+  """
+  finite = jnp.isfinite(n)
+  m, k = jnp.frexp(jnp.where(finite, n, 1.0))
+  exponent = jnp.where(n > 0, k.astype(jnp.int32) + e, -2**30)
+  exponent = jnp.where(finite, exponent, 2**30)
+  mantissa = jnp.where(finite & (n > 0), m, 0.0)
+  return exponent, mantissa
+
+
+def exact_row_norms(stacked: PyTree) -> tuple[jax.Array, jax.Array]:
+  """``(n, e)`` with ``||x_i|| = n_i * 2**e_i`` and ``n_i`` finite.
+
+  The representation behind :func:`worker_norms`, for callers that must
+  compare or divide norms beyond float's range (3e38 rows) without
+  overflow: benign inputs cost one read (``e = 0``). Rows with a NaN or Inf
+  entry get ``n = inf``.
+  """
+  return _row_norms(stacked)

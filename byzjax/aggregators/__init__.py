@@ -49,6 +49,10 @@ from byzjax.aggregators.geometric_median_of_means import geometric_median_of_mea
 from byzjax.aggregators.geometric_median_of_means import GeometricMedianOfMeansInfo
 from byzjax.aggregators.krum import krum
 from byzjax.aggregators.krum import KrumInfo
+from byzjax.aggregators.meamed import meamed
+from byzjax.aggregators.meamed import MeamedInfo
+from byzjax.aggregators.monna import monna
+from byzjax.aggregators.monna import MoNNAInfo
 from byzjax.aggregators.norm_threshold import norm_threshold
 from byzjax.aggregators.norm_threshold import NormThresholdInfo
 from byzjax.aggregators.sign_vote import sign_majority_vote

@@ -36,6 +36,8 @@ AGGREGATORS = {
     "block_geometric_median": (agg.block_geometric_median,
                                {"num_coords": 4}),
     "centered_clip": (centered_clip, {"radius": 5.0}),
+    "meamed": (agg.meamed, {"num_byzantine": 2}),
+    "monna": (agg.monna, {"num_byzantine": 2}),
 }
 
 
