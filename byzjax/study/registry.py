@@ -17,7 +17,11 @@ defense is told ``f``):
   ``bulyan``: ``num_byzantine = f``.
 * ``geometric_median_of_means``: ``num_groups = min(R, 2f + 1)`` (Chen, Su &
   Xu need more than ``2f`` groups).
-* ``bucketing``: bucket size ``s = 2`` by default (Karimireddy et al. 2022).
+* ``meamed``, ``monna``: ``num_byzantine = f``.
+* ``bucketing``: bucket size ``s = 2`` (Karimireddy et al. 2022); the rule
+  after it is told ``f`` among the ``ceil(R / 2)`` bucket means.
+* ``nnm`` (Allouah et al. 2023) and ``arc`` (Allouah et al. 2025): told
+  ``f``.
 
 Any of these can be overridden in the defense's ``args``.
 """
@@ -36,6 +40,8 @@ from byzjax.attacks import data as data_attacks
 from byzjax.attacks import gradient as gradient_attacks
 from byzjax.transforms.aggregate import aggregate
 from byzjax.transforms.bucketing import bucketing
+from byzjax.transforms.clipping import arc
+from byzjax.transforms.nnm import nnm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +150,10 @@ RULES = {
                                "f < R/2"),
     "sign_majority_vote": RuleSpec(aggregators.sign_majority_vote,
                                    _no_defaults, _half, "f < R/2"),
+    "meamed": RuleSpec(aggregators.meamed, lambda r, f: {"num_byzantine": f},
+                       _half, "f < R/2"),
+    "monna": RuleSpec(aggregators.monna, lambda r, f: {"num_byzantine": f},
+                      _half, "f < R/2"),
 }
 
 
@@ -208,6 +218,10 @@ def build_aggregate(rule: str, args: Mapping[str, Any], r: int, f: int,
 PRE_AGGREGATION = {
     "bucketing": "Karimireddy et al. 2022: average random buckets of s = 2 "
                  "updates before the aggregator",
+    "nnm": "Allouah et al. 2023: each row becomes the mean of its R - f "
+           "nearest rows",
+    "arc": "Allouah et al. 2025: clip the floor(2 f (R - f) / R) largest "
+           "rows to the largest unclipped norm",
 }
 
 
@@ -228,14 +242,21 @@ def rows_after(pre: tuple[str, ...], r: int) -> int:
 
 
 def check_pre_args(name: str, r: int, f: int, error) -> None:
-  del f
   if name == "bucketing" and r < 2:
     raise error("[grid] bucketing needs at least 2 workers.")
+  if name in ("nnm", "arc") and not 2 * f < r:
+    raise error(f"[grid] {name} tolerates f < R/2, but the grid has f = {f} "
+                f"Byzantine among R = {r} workers.")
 
 
-def build_pre(name: str, key: jax.Array):
+def build_pre(name: str, key: jax.Array, f: int):
+  """The pre-aggregation transform ``name`` for ``f`` Byzantine workers."""
   if name == "bucketing":
     return bucketing(BUCKET_SIZE, key=key)
+  if name == "nnm":
+    return nnm(f)
+  if name == "arc":
+    return arc(f)
   raise KeyError(name)
 
 

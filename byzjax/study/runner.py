@@ -38,9 +38,14 @@ from byzjax.study.config import StudyConfig
 from byzjax.study.store import Store
 from byzjax.study.store import STORE_NAME
 
-# Defenses whose hyperparameters do not depend on f: f is traced there.
+# Rules and pre-aggregations whose hyperparameters do not depend on f: where
+# a whole defense is made of them, f is traced instead of compiled in.
 _F_FREE = ("mean", "coordinate_median", "geometric_median", "spectral_filter",
-           "sign_majority_vote")
+           "sign_majority_vote", "bucketing")
+
+
+def _f_is_static(defense: DefenseConfig) -> bool:
+  return any(part not in _F_FREE for part in defense.pre + (defense.rule,))
 LIBRARY_VERSION = "0.1.0"
 
 
@@ -74,7 +79,7 @@ class Cell:
 
   def program_key(self) -> tuple:
     """Cells with the same key compile to the same program."""
-    f_part = None if self.defense.rule in _F_FREE else self.num_byzantine
+    f_part = self.num_byzantine if _f_is_static(self.defense) else None
     # Heterogeneity settings are padded to common shapes (Task.partition).
     return (self.num_workers, self.defense, self.attack, f_part)
 
@@ -108,7 +113,7 @@ def build_for(config: StudyConfig, task: tasks_lib.Task, cell: Cell):
 
   def build(hp, key):
     k_init, k_def, k_att, k_run = jax.random.split(key, 4)
-    chain = [registry.build_pre(p, jax.random.fold_in(k_def, i))
+    chain = [registry.build_pre(p, jax.random.fold_in(k_def, i), f)
              for i, p in enumerate(d.pre)]
     chain.append(registry.build_aggregate(d.rule, dict(d.args),
                                           registry.rows_after(d.pre, r), f,
@@ -123,7 +128,7 @@ def build_for(config: StudyConfig, task: tasks_lib.Task, cell: Cell):
       # Karimireddy, He & Jaggi (ICML 2021): each worker sends its momentum
       # m_t = beta m_{t-1} + (1 - beta) g_t; the attack sees honest momenta.
       worker_tx = optax.ema(t.worker_momentum, debias=False)
-    num_byzantine = (f if d.rule not in _F_FREE else
+    num_byzantine = (f if _f_is_static(d) else
                      jnp.asarray(hp["num_byzantine"]).astype(jnp.int32))
     sim = simulation.Simulation(
         loss_fn=_with_weight_decay(task.fns.loss, t.weight_decay),

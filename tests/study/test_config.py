@@ -90,7 +90,7 @@ def test_cells_that_differ_only_in_f_share_a_program_when_the_rule_allows():
     ("training.seeds", [0, 0], "distinct seeds"),
     ("training.optimizer", "adamw", "Valid: adam, sgd"),
     ("grid.defenses", ["geometric_medain"], "Did you mean 'geometric_median'"),
-    ("grid.defenses", ["nnm+mean"], "unknown pre-aggregation 'nnm'"),
+    ("grid.defenses", ["nmm+mean"], "Did you mean 'nnm'"),
     ("grid.defenses", [{"rule": "krum", "args": {"f": 2}}],
      "'krum' has no argument 'f'"),
     ("grid.defenses", [{"rule": "multi_krum", "args": {"num_selected": 99}}],
