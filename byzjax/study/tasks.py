@@ -40,6 +40,7 @@ class Task:
   num_classes: int
   note: str = ""                  # e.g. which dataset replaced a missing one
   _partitions: dict = dataclasses.field(default_factory=dict)
+  _shards: dict = dataclasses.field(default_factory=dict)  # the last one
 
   def indices(self, heterogeneity: str, num_workers: int,
               data_seed: int, min_size: int = 1) -> partition.Partition:
@@ -87,7 +88,13 @@ class Task:
           f"heterogeneity {heterogeneity!r} with R = {num_workers} gives a "
           f"worker {int(np.min(sizes))} samples, fewer than the batch size "
           f"{min_size}; lower batch_size or raise train_samples.")
-    return partition.shard(self.train, part(heterogeneity), n_max=n_max)
+    cache_key = (heterogeneity, num_workers, data_seed, min_size, n_max)
+    if cache_key not in self._shards:
+      # One device copy per setting, shared by all the cells that use it.
+      self._shards.clear()
+      self._shards[cache_key] = partition.shard(
+          self.train, part(heterogeneity), n_max=n_max)
+    return self._shards[cache_key]
 
 
 def _subsample(dataset, n, seed):
