@@ -413,3 +413,41 @@ def chunked_gram(stacked: PyTree, scale: jax.Array | float = 1.0,
     if n > full * chunk:
       acc = block(rows[:, full * chunk:], acc)
   return acc
+
+
+# Columns per block of `weighted_sum_centered` (its product is a
+# matrix-vector one: larger blocks amortize the loop's per-block overhead).
+WSUM_CHUNK = 16384
+
+
+def weighted_sum_centered(weights: jax.Array, stacked: PyTree, center: PyTree,
+                          *, chunk: int = WSUM_CHUNK) -> PyTree:
+  """``sum_i weights[i] * (x_i - center)`` in one read, block by block.
+
+  The translated block ``x_b - c_b`` lives only in cache (a fresh ``R x d``
+  buffer of it would cost several passes), and the sum is accumulated at the
+  scale of the translated rows, so when the weights sum to one the result
+  is the weighted mean minus the centre to the precision of the spread, not
+  of the norms (``weights @ X - c`` loses ``eps * ||x||``).
+  """
+  def leaf(x, c):
+    rows = _rows(x)
+    c = jnp.reshape(c, (-1,)).astype(x.dtype)
+    w = weights.astype(x.dtype)
+    n = rows.shape[1]
+    full = n // chunk
+
+    def part(start, size):
+      blk = (jax.lax.dynamic_slice_in_dim(rows, start, size, axis=1)
+             - jax.lax.dynamic_slice_in_dim(c, start, size)[None])
+      return jnp.dot(w, blk, precision=jax.lax.Precision.HIGHEST)
+
+    out = jnp.zeros((n,), x.dtype)
+    if full:
+      out = jax.lax.fori_loop(
+          0, full, lambda i, o: jax.lax.dynamic_update_slice_in_dim(
+              o, part(i * chunk, chunk), i * chunk, axis=0), out)
+    if n > full * chunk:
+      out = out.at[full * chunk:].set(part(full * chunk, n - full * chunk))
+    return jnp.reshape(out, x.shape[1:])
+  return jax.tree.map(leaf, stacked, center)

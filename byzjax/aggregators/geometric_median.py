@@ -380,10 +380,11 @@ def _in_place(x, center, dist_c, exponent, *, weights, init, nu, method,
               max_iters, tol, criterion):
   """Benign rows: Weiszfeld on the rows as they are (no standardized copy).
 
-  Distances are taken of ``(x_i - z) * 2**-e`` inside one fused reduction,
-  weighted sums are matrix-vector products ``beta @ X`` (XLA:CPU reduces the
-  leading axis far faster as a product than as a ``sum``), and the Gram
-  phase reads the rows once, block by block (:func:`btree.chunked_gram`).
+  Distances are taken of ``((x_i - c) - v) * 2**-e`` inside one fused
+  reduction, weighted sums are matrix-vector products ``beta @ (X - c)``
+  block by block (XLA:CPU reduces the leading axis far faster as a product
+  than as a ``sum``; :func:`btree.weighted_sum_centered`), and the Gram phase
+  reads the rows once, block by block (:func:`btree.chunked_gram`).
   """
   dtype = dist_c.dtype
   live = jnp.ones(dist_c.shape, bool)
@@ -393,36 +394,36 @@ def _in_place(x, center, dist_c, exponent, *, weights, init, nu, method,
   alpha_obj = jnp.where(dist_std <= _OBJECTIVE_RADIUS, alpha, 0.0)
   nu_std = _nu_std(nu, exponent, dtype)
 
-  def dists(z):
+  # The iterate is kept relative to the centre, z = c + v, so that it and
+  # the distances carry the precision of the spread, not of the norms.
+  def dists(v):
     return jnp.sqrt(sum(
-        jnp.sum(jnp.square((_rows(l) - jnp.reshape(p, (1, -1))) * scale),
-                axis=1)
-        for l, p in zip(jax.tree.leaves(x), jax.tree.leaves(z))))
+        jnp.sum(jnp.square(((_rows(l) - jnp.reshape(c, (1, -1)))
+                            - jnp.reshape(p, (1, -1))) * scale), axis=1)
+        for l, c, p in zip(jax.tree.leaves(x), jax.tree.leaves(center),
+                           jax.tree.leaves(v))))
 
   def wsum(beta):
-    total = jnp.sum(beta)
-    return jax.tree.map(
-        lambda l, c: jnp.where(total > 0, jnp.reshape(jnp.dot(
-            beta.astype(l.dtype), _rows(l),
-            precision=jax.lax.Precision.HIGHEST), c.shape), c), x, center)
+    # All-zero weights give v = 0: the centre.
+    return btree.weighted_sum_centered(beta, x, center)
 
-  def step(z1, z0):
-    return _tree_norm(jax.tree.map(lambda a, b: (a - b) * scale, z1, z0))
+  def step(v1, v0):
+    return _tree_norm(jax.tree.map(lambda a, b: (a - b) * scale, v1, v0))
 
   ops = _Ops(dists, wsum, step, lambda: btree.chunked_gram(x, scale)[0])
   if init is None:
     n = dist_c.shape[0]
     rank = jnp.argsort(jnp.argsort(dist_c, stable=True), stable=True)
     keep = (rank < (n + 1) // 2).astype(dtype)
-    z0 = wsum(keep / jnp.sum(keep))
+    v0 = wsum(keep / jnp.sum(keep))
   else:
-    z0 = jax.tree.map(lambda z, c: (jnp.asarray(z, c.dtype) - c) * scale,
+    v0 = jax.tree.map(lambda z, c: (jnp.asarray(z, c.dtype) - c) * scale,
                       init, center)
-    z0 = jax.tree.map(lambda z, c: jnp.ldexp(z, exponent) + c,
-                      _tame_point(z0), center)
-  carry, gram_iters = _solve(ops, alpha, alpha_obj, nu_std, z0, method=method,
+    v0 = jax.tree.map(lambda z: jnp.ldexp(z, exponent), _tame_point(v0))
+  carry, gram_iters = _solve(ops, alpha, alpha_obj, nu_std, v0, method=method,
                              max_iters=max_iters, tol=tol, criterion=criterion)
-  return carry.z, _info(carry, gram_iters, alpha, nu_std, tol)
+  median = jax.tree.map(lambda v, c: (c + v).astype(c.dtype), carry.z, center)
+  return median, _info(carry, gram_iters, alpha, nu_std, tol)
 
 
 def _standardized(updates, *, weights, init, nu, method, max_iters, tol,
