@@ -451,3 +451,40 @@ def weighted_sum_centered(weights: jax.Array, stacked: PyTree, center: PyTree,
       out = out.at[full * chunk:].set(part(full * chunk, n - full * chunk))
     return jnp.reshape(out, x.shape[1:])
   return jax.tree.map(leaf, stacked, center)
+
+
+def sq_dists_centered(stacked: PyTree, center: PyTree, point: PyTree,
+                      scale: jax.Array | float = 1.0, *,
+                      chunk: int = WSUM_CHUNK) -> jax.Array:
+  """``||((x_i - center) - point) * scale||^2`` for every worker, ``[R]``.
+
+  One read, block by block: each translated, scaled block is squared in
+  cache and its row sums taken as a matrix-vector product with ones
+  (XLA:CPU's row reductions ran 1.3-1.5x slower than this on the 2-core
+  development CPU). ``point`` is relative to ``center``, so distances to
+  points near the rows keep the precision of the spread. No overflow
+  protection: ``scale`` must bring the rows to moderate values.
+  """
+  def leaf(x, c, p):
+    rows = _rows(x)
+    c = jnp.reshape(c, (-1,)).astype(x.dtype)
+    p = jnp.reshape(p, (-1,)).astype(x.dtype)
+    s = jnp.asarray(scale, x.dtype)
+    n = rows.shape[1]
+    full = n // chunk
+
+    def part(start, size):
+      u = ((jax.lax.dynamic_slice_in_dim(rows, start, size, axis=1)
+            - jax.lax.dynamic_slice_in_dim(c, start, size)[None])
+           - jax.lax.dynamic_slice_in_dim(p, start, size)[None]) * s
+      return jnp.dot(jnp.square(u), jnp.ones((size,), x.dtype),
+                     precision=jax.lax.Precision.HIGHEST)
+
+    total = jnp.zeros((rows.shape[0],), x.dtype)
+    if full:
+      total = jax.lax.fori_loop(0, full,
+                                lambda i, a: a + part(i * chunk, chunk), total)
+    if n > full * chunk:
+      total = total + part(full * chunk, n - full * chunk)
+    return total
+  return _sum_over_leaves(jax.tree.map(leaf, stacked, center, point))

@@ -380,8 +380,8 @@ def _in_place(x, center, dist_c, exponent, *, weights, init, nu, method,
               max_iters, tol, criterion):
   """Benign rows: Weiszfeld on the rows as they are (no standardized copy).
 
-  Distances are taken of ``((x_i - c) - v) * 2**-e`` inside one fused
-  reduction, weighted sums are matrix-vector products ``beta @ (X - c)``
+  Distances are taken of ``((x_i - c) - v) * 2**-e`` block by block
+  (:func:`btree.sq_dists_centered`), weighted sums are matrix-vector products ``beta @ (X - c)``
   block by block (XLA:CPU reduces the leading axis far faster as a product
   than as a ``sum``; :func:`btree.weighted_sum_centered`), and the Gram phase
   reads the rows once, block by block (:func:`btree.chunked_gram`).
@@ -397,11 +397,7 @@ def _in_place(x, center, dist_c, exponent, *, weights, init, nu, method,
   # The iterate is kept relative to the centre, z = c + v, so that it and
   # the distances carry the precision of the spread, not of the norms.
   def dists(v):
-    return jnp.sqrt(sum(
-        jnp.sum(jnp.square(((_rows(l) - jnp.reshape(c, (1, -1)))
-                            - jnp.reshape(p, (1, -1))) * scale), axis=1)
-        for l, c, p in zip(jax.tree.leaves(x), jax.tree.leaves(center),
-                           jax.tree.leaves(v))))
+    return jnp.sqrt(btree.sq_dists_centered(x, center, v, scale))
 
   def wsum(beta):
     # All-zero weights give v = 0: the centre.

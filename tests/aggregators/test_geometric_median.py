@@ -309,3 +309,8 @@ def test_blockwise_gram_and_weighted_sum_match_numpy():
   np.testing.assert_allclose(
       np.concatenate([np.asarray(got["a"]).ravel(), got["b"]]), want,
       rtol=1e-5, atol=1e-5)
+  point = {"a": tree["a"][0] - center["a"], "b": tree["b"][1] - center["b"]}
+  p = np.concatenate([point["a"].ravel(), point["b"]])
+  np.testing.assert_allclose(
+      btree.sq_dists_centered(tree, center, point, 0.5, chunk=4),
+      0.25 * np.sum((flat - c - p) ** 2, axis=1), rtol=1e-5, atol=1e-5)
