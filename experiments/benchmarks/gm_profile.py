@@ -9,6 +9,7 @@ stacked updates (bandwidth measured in the same run):
 
 import argparse
 import functools
+import importlib
 import os
 import sys
 import time
@@ -22,8 +23,10 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(_HERE)))
 # pylint: disable=wrong-import-position
 import aggregators as agg_bench  # noqa: E402
 from byzjax import tree as btree  # noqa: E402
-from byzjax.aggregators import geometric_median as gm_module  # noqa: E402
 from byzjax.aggregators.geometric_median import geometric_median  # noqa: E402
+
+# The package re-exports the function under the module's name.
+gm_module = importlib.import_module("byzjax.aggregators.geometric_median")
 
 
 def main(argv=None):
