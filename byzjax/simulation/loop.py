@@ -81,7 +81,15 @@ class Simulation:
       (jax-ml/jax#12868; a GroupNorm ResNet-8 step measured 4.7 s in the
       loop against 0.86 s unrolled): for CNNs on CPU set ``unroll=True``
       and call :func:`run` with ``num_evals=1`` (which has no outer loop)
-      from a host loop. Compile time grows with the unrolled length.
+      from a host loop. Keep ``eval_every`` small (1 for a large CNN):
+      compile time grows with the unrolled length, and so does memory,
+      because XLA:CPU's default concurrency-optimized scheduler keeps the
+      temporaries of every unrolled step alive (LeNet, 8 workers x 64
+      images: 0.74 GB for one step, 2.76 GB for five; 11.7 GB resident
+      for five at 32 workers). ``XLA_FLAGS=
+      --xla_cpu_enable_concurrency_optimized_scheduler=false`` (set
+      before JAX starts; the per-``jit`` ``compiler_options`` does not
+      reach it) brings five steps back to 0.71 GB.
     per_worker_grads: how the ``R`` per-worker gradients are computed:
       ``"vmap"``: ``vmap(value_and_grad(loss_fn))`` over all workers at once
       (one batched program); ``"chunked"``: a :func:`jax.lax.map` over
