@@ -23,11 +23,17 @@ Two strategies compute it:
   Gram matrix would (estimated from ``R`` and the backend), so easy inputs
   stay cheap and hard ones stop growing in cost with the iteration count.
 
-All strategies first standardize the rows (:func:`byzjax.tree.standardize`):
-erased rows (any NaN/Inf) get weight zero, rows are centred and scaled by a
-power of two, and rows more than :data:`byzjax.tree.TAME_RADIUS` typical
-distances away are pulled in along their ray, so rows of 1e30 or 3e38 cannot
-overflow the squared distances.
+Benign rows (all finite, no row beyond the taming radius, a moderate
+typical distance: two reads decide it) are used in place: the translation to
+a centre and the power-of-two scaling are folded into the distance
+reduction, weighted sums are matrix-vector products ``beta @ X``, and the
+Gram matrix is accumulated block by block (:func:`byzjax.tree.chunked_gram`),
+so nothing of size ``R x d`` is ever written. Other inputs first standardize
+the rows (:func:`byzjax.tree.standardize`): erased rows (any NaN/Inf) get
+weight zero, rows are centred and scaled by a power of two, and rows more
+than :data:`byzjax.tree.TAME_RADIUS` typical distances away are pulled in
+along their ray, so rows of 1e30 or 3e38 cannot overflow the squared
+distances.
 """
 
 from typing import Any, NamedTuple
@@ -42,7 +48,11 @@ from byzjax._public import public
 PyTree = Any
 
 METHODS = ("auto", "direct", "gram")
-CRITERIA = ("step", "objective")
+CRITERIA = ("objective", "step")
+
+# Rows farther than this many typical distances from the centre are left out
+# of the objective that the "objective" criterion watches (see its docs).
+_OBJECTIVE_RADIUS = 2.0**10
 
 
 class WeiszfeldInfo(NamedTuple):
@@ -56,15 +66,29 @@ class WeiszfeldInfo(NamedTuple):
 
 
 class _Carry(NamedTuple):
-  z: PyTree              # current iterate (standardized units) or weights
-  dist: jax.Array        # [R] distances from the rows to z
+  z: PyTree              # current iterate or Gram-space weights
+  dist: jax.Array        # [R] distances from the rows to z (std. units)
   objective: jax.Array
   error: jax.Array       # the stopping quantity of the last step
   num_iters: jax.Array
 
 
-def _objective(alpha, dist):
-  return jnp.sum(alpha * dist)
+class _Ops(NamedTuple):
+  """The two reads of the rows a direct iteration makes, and the step norm.
+
+  ``dists(z)``: distances ``[R]`` in standardized units; ``wsum(beta)``: the
+  point ``sum_i beta_i x_i`` for weights summing to one (or all zero: the
+  centre); ``step(z1, z0)``: ``||z1 - z0||`` in standardized units;
+  ``gram()``: the Gram matrix of the standardized rows (any translation).
+  """
+  dists: Any
+  wsum: Any
+  step: Any
+  gram: Any
+
+
+def _objective(alpha_obj, dist):
+  return jnp.sum(alpha_obj * dist)
 
 
 def _beta(alpha, dist, nu):
@@ -76,24 +100,21 @@ def _beta(alpha, dist, nu):
   return jnp.where(total > 0, beta / jnp.where(total > 0, total, 1.0), 0.0)
 
 
-def _rel_change(prev, new):
-  # prev, new >= 0 and finite on standardized data; a non-decrease is 0.
-  return jnp.maximum(prev - new, 0.0) / jnp.maximum(new, jnp.finfo(new.dtype).tiny)
-
-
 def _error(criterion, step_norm, prev_obj, obj):
-  """The stopping quantity: relative step, or relative objective decrease."""
+  """The stopping quantity: relative step, or relative objective change."""
   if criterion == "step":
     # Standardized units: the step relative to the typical row distance.
     return step_norm
-  return _rel_change(prev_obj, obj)
+  # |f_t - f_{t+1}| / f_{t+1}, the rule of Weiszfeld implementations such as
+  # geom_median's (Pillutla et al.'s RFA code); both are finite and >= 0.
+  return jnp.abs(prev_obj - obj) / jnp.maximum(obj, jnp.finfo(obj.dtype).tiny)
 
 
-def _direct_loop(u, alpha, nu, z0, num_iters0, *, max_iters, tol, criterion,
-                 stop_iters=None):
-  """Weiszfeld on standardized rows ``u``; two reads of ``u`` per iteration."""
-  dist0 = jnp.sqrt(btree.sq_dists_to(u, z0))
-  init = _Carry(z0, dist0, _objective(alpha, dist0),
+def _direct_loop(ops, alpha, alpha_obj, nu, z0, num_iters0, *, max_iters, tol,
+                 criterion, stop_iters=None):
+  """Weiszfeld from ``z0``; every iteration reads the rows twice."""
+  dist0 = ops.dists(z0)
+  init = _Carry(z0, dist0, _objective(alpha_obj, dist0),
                 jnp.asarray(jnp.inf, dist0.dtype), num_iters0)
   limit = max_iters if stop_iters is None else stop_iters
 
@@ -101,10 +122,10 @@ def _direct_loop(u, alpha, nu, z0, num_iters0, *, max_iters, tol, criterion,
     return (c.error > tol) & (c.num_iters < limit)
 
   def body_fn(c):
-    z = btree.weighted_sum(_beta(alpha, c.dist, nu), u)
-    dist = jnp.sqrt(btree.sq_dists_to(u, z))
-    obj = _objective(alpha, dist)
-    step = _tree_norm(jax.tree.map(jnp.subtract, z, c.z))
+    z = ops.wsum(_beta(alpha, c.dist, nu))
+    dist = ops.dists(z)
+    obj = _objective(alpha_obj, dist)
+    step = ops.step(z, c.z) if criterion == "step" else obj
     return _Carry(z, dist, obj, _error(criterion, step, c.objective, obj),
                   c.num_iters + 1)
 
@@ -122,10 +143,11 @@ def _gram_dists(gram, a):
   return jnp.sqrt(jnp.maximum(sq, 0.0))
 
 
-def _gram_loop(gram, alpha, nu, a0, num_iters0, *, max_iters, tol, criterion):
+def _gram_loop(gram, alpha, alpha_obj, nu, a0, num_iters0, *, max_iters, tol,
+               criterion):
   """Weiszfeld in the span of the rows: the iterate is ``sum_j a_j u_j``."""
   dist0 = _gram_dists(gram, a0)
-  init = _Carry(a0, dist0, _objective(alpha, dist0),
+  init = _Carry(a0, dist0, _objective(alpha_obj, dist0),
                 jnp.asarray(jnp.inf, dist0.dtype), num_iters0)
 
   def cond_fn(c):
@@ -134,7 +156,7 @@ def _gram_loop(gram, alpha, nu, a0, num_iters0, *, max_iters, tol, criterion):
   def body_fn(c):
     a = _beta(alpha, c.dist, nu)
     dist = _gram_dists(gram, a)
-    obj = _objective(alpha, dist)
+    obj = _objective(alpha_obj, dist)
     da = a - c.z
     step = jnp.sqrt(jnp.maximum(jnp.dot(da, gram @ da), 0.0))
     return _Carry(a, dist, obj, _error(criterion, step, c.objective, obj),
@@ -146,15 +168,96 @@ def _gram_loop(gram, alpha, nu, a0, num_iters0, *, max_iters, tol, criterion):
 def gram_switch_iters(num_workers: int, backend: str | None = None) -> int:
   """Direct iterations that cost about as much as one Gram matrix.
 
-  A direct iteration reads the ``R x d`` updates twice; the Gram matrix costs
-  ``2 R^2 d`` flops plus a copy of the centred rows. On a CPU the flop rate is
-  a few flops per byte of memory bandwidth, so the Gram product costs about
-  ``R / 8`` passes; on accelerators with matrix units it is below one pass.
+  A direct iteration reads the ``R x d`` updates twice; the Gram matrix
+  (:func:`byzjax.tree.chunked_gram`) reads them once and costs ``2 R^2 d``
+  flops. On the 2-core development CPU at ``R = 128`` it cost as much as
+  3-4 direct iterations (``experiments/benchmarks/vs_peers.py``), i.e. about
+  ``R / 32``; on accelerators with matrix units it is below one pass.
   """
   backend = backend or jax.default_backend()
   if backend == "cpu":
-    return max(2, num_workers // 16)
+    return max(2, num_workers // 32)
   return 2
+
+
+def _solve(ops, alpha, alpha_obj, nu, z0, *, method, max_iters, tol,
+           criterion):
+  """Runs the chosen strategy; returns the final carry and Gram iterations."""
+  zero = jnp.zeros([], jnp.int32)
+  r = alpha.shape[0]
+  if method == "direct":
+    carry = _direct_loop(ops, alpha, alpha_obj, nu, z0, zero,
+                         max_iters=max_iters, tol=tol, criterion=criterion)
+    return carry, zero
+  switch = 0 if method == "gram" else gram_switch_iters(r)
+  carry = _direct_loop(ops, alpha, alpha_obj, nu, z0, zero,
+                       max_iters=max_iters, tol=tol, criterion=criterion,
+                       stop_iters=min(switch, max_iters))
+  need_gram = (carry.error > tol) & (carry.num_iters < max_iters)
+  return jax.lax.cond(
+      need_gram,
+      lambda c: _gram_then_refine(ops, alpha, alpha_obj, nu, c,
+                                  max_iters=max_iters, tol=tol,
+                                  criterion=criterion),
+      lambda c: (c, zero), carry)
+
+
+def _gram_then_refine(ops, alpha, alpha_obj, nu, carry, *, max_iters, tol,
+                      criterion):
+  """Gram phase from one Weiszfeld step past the current iterate, then exact
+  refinement.
+
+  The Gram matrix is of rows translated near the honest majority
+  (:func:`byzjax.tree.chunked_gram` or :func:`byzjax.tree.standardize`),
+  which keeps the cancellation in ``K_ii - 2 (K a)_i + a'Ka`` at the level of
+  the spread, not of the norms.
+  """
+  gram = ops.gram()
+  # One Weiszfeld step from the current iterate lands in the span of the
+  # rows: z = sum_j a0_j u_j with a0 = beta(current distances).
+  a0 = _beta(alpha, carry.dist, nu)
+  zero = jnp.zeros([], jnp.int32)
+  g = _gram_loop(gram, alpha, alpha_obj, nu, a0, zero, max_iters=max_iters,
+                 tol=tol, criterion=criterion)
+  z = ops.wsum(g.z)
+  # Exact refinement: direct iterations from the Gram answer, at least one
+  # so that the stopping rule is checked on exact distances. The Gram
+  # distances lose precision at scales far below the spread (cancellation),
+  # so the refinement keeps its own budget: max_iters bounds the exact and
+  # the Gram iterations separately.
+  refined = _direct_loop(ops, alpha, alpha_obj, nu, z, carry.num_iters,
+                         max_iters=max_iters + 1, tol=tol, criterion=criterion)
+  return refined._replace(num_iters=refined.num_iters + g.num_iters), g.num_iters
+
+
+def _rows(x):
+  return jnp.reshape(x, (x.shape[0], -1))
+
+
+def _benign_screen(updates):
+  """Two reads deciding whether the rows can be used as they are.
+
+  Returns ``(benign, center, dist, exponent)``: ``center`` is the row of
+  (lower) median norm, ``dist`` the plain distances of the rows to it,
+  ``2**exponent`` the power of two at or above their upper median (as in
+  :func:`byzjax.tree.standardize`). ``benign`` holds when every row is
+  finite, no plain square overflowed, the typical distance is a moderate
+  number and no row is beyond the taming radius: then standardizing would
+  only translate and scale, so the iteration can read the rows in place,
+  with the translation and scale folded into its arithmetic.
+  """
+  r = btree.num_workers(updates)
+  sqn = btree.sq_norms(updates)
+  order = jnp.argsort(jnp.where(jnp.isnan(sqn), jnp.inf, sqn), stable=True)
+  center = jax.tree.map(lambda x: x[order[(r - 1) // 2]], updates)
+  dist = jnp.sqrt(btree.sq_dists_to(updates, center))
+  typical = jnp.sort(dist)[r // 2]
+  exponent = btree.pow2_exponent(typical)
+  rel = jnp.ldexp(dist, -exponent)
+  benign = (jnp.all(jnp.isfinite(sqn)) & jnp.all(jnp.isfinite(dist))
+            & (typical >= 2.0**-60) & (typical <= 2.0**60)
+            & jnp.all(rel <= btree.TAME_RADIUS))
+  return benign, center, dist, exponent
 
 
 @public(like_update=("init",))
@@ -167,7 +270,7 @@ def geometric_median(
     tol: float = 1e-6,
     nu: float | None = None,
     method: str = "auto",
-    criterion: str = "step",
+    criterion: str = "objective",
     return_info: bool = False,
 ) -> PyTree | tuple[PyTree, WeiszfeldInfo]:
   """Geometric median of the workers' updates (Weiszfeld's algorithm).
@@ -202,13 +305,19 @@ def geometric_median(
       ``1e-7`` times the typical (median) distance of the rows to the centre,
       which keeps the answer scale-equivariant.
     method: ``"auto"``, ``"direct"`` or ``"gram"`` (see the module docstring).
-    criterion: ``"step"`` (default) stops when the step ``||z_{t+1} - z_t||``
-      is at most ``tol`` times the typical (median) distance of the rows to
-      the centre; ``"objective"`` stops when the relative objective decrease
-      ``(f_t - f_{t+1}) / f_{t+1}`` is at most ``tol``. The objective rule is
-      the textbook one, but in float32 it stops too early when far outliers
-      dominate the sum (their distances swamp the honest rows' decrease), so
-      the step rule is the default.
+    criterion: ``"objective"`` (default) stops when the relative objective
+      change ``|f_t - f_{t+1}| / f_{t+1}`` is at most ``tol``, the rule of
+      the public implementations (``geom_median``'s ``ftol``, Pillutla et
+      al.'s RFA), so that the default stops where they stop. Rows farther
+      than ``2**10`` typical distances from the centre are left out of
+      ``f`` for this rule (on inputs without such rows it is exactly the
+      textbook rule): their distances would dominate ``f``, so the rule
+      would stop while the median still moves by a good fraction of the
+      honest spread, and in float32 their rounding alone exceeds ``tol f``.
+      The objective rule bounds the objective, i.e. the point only to about
+      ``sqrt(tol)`` of the spread; ``"step"`` asks for a tighter point: it
+      stops when the step ``||z_{t+1} - z_t||`` is at most ``tol`` times the
+      typical (median) distance of the rows to the centre.
     return_info: also return a :class:`WeiszfeldInfo`.
 
   Returns:
@@ -243,16 +352,97 @@ def geometric_median(
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
   _checks.check_worker_vector("weights", weights, r)
+  kw = dict(weights=weights, init=init, nu=nu, method=method,
+            max_iters=max_iters, tol=tol, criterion=criterion)
+  benign, center, dist_c, exponent = _benign_screen(updates)
+  median, info = jax.lax.cond(
+      benign,
+      lambda x: _in_place(x, center, dist_c, exponent, **kw),
+      lambda x: _standardized(x, **kw), updates)
+  return (median, info) if return_info else median
 
+
+def _alpha(weights, live, dtype):
+  # Non-finite, zero or negative weights are erasures (tree.worker_weights).
+  return btree.worker_weights(weights, live, dtype)
+
+
+def _nu_std(nu, exponent, dtype):
+  if nu is None:
+    return jnp.asarray(1e-7, dtype)
+  return jnp.ldexp(jnp.asarray(nu, dtype), -exponent)
+
+
+def _info(carry, gram_iters, alpha, nu, tol):
+  return WeiszfeldInfo(
+      num_iters=carry.num_iters, objective=carry.objective,
+      error=carry.error, converged=carry.error <= tol,
+      weights=_beta(alpha, carry.dist, nu), gram_iters=gram_iters)
+
+
+def _in_place(x, center, dist_c, exponent, *, weights, init, nu, method,
+              max_iters, tol, criterion):
+  """Benign rows: Weiszfeld on the rows as they are (no standardized copy).
+
+  Distances are taken of ``((x_i - c) - v) * 2**-e`` block by block
+  (:func:`btree.sq_dists_centered`), weighted sums are matrix-vector products ``beta @ (X - c)``
+  block by block (XLA:CPU reduces the leading axis far faster as a product
+  than as a ``sum``; :func:`btree.weighted_sum_centered`), and the Gram phase
+  reads the rows once, block by block (:func:`btree.chunked_gram`).
+  """
+  dtype = dist_c.dtype
+  live = jnp.ones(dist_c.shape, bool)
+  alpha = _alpha(weights, live, dtype)
+  scale = jnp.ldexp(jnp.ones([], dtype), -exponent)
+  dist_std = dist_c * scale
+  alpha_obj = jnp.where(dist_std <= _OBJECTIVE_RADIUS, alpha, 0.0)
+  nu_std = _nu_std(nu, exponent, dtype)
+
+  # The iterate is kept relative to the centre, z = c + v, so that it and
+  # the distances carry the precision of the spread, not of the norms.
+  def dists(v):
+    return jnp.sqrt(btree.sq_dists_centered(x, center, v, scale))
+
+  def wsum(beta):
+    # All-zero weights give v = 0: the centre.
+    return btree.weighted_sum_centered(beta, x, center)
+
+  def step(v1, v0):
+    return _tree_norm(jax.tree.map(lambda a, b: (a - b) * scale, v1, v0))
+
+  ops = _Ops(dists, wsum, step, lambda: btree.chunked_gram(x, scale)[0])
+  if init is None:
+    n = dist_c.shape[0]
+    rank = jnp.argsort(jnp.argsort(dist_c, stable=True), stable=True)
+    keep = (rank < (n + 1) // 2).astype(dtype)
+    v0 = wsum(keep / jnp.sum(keep))
+  else:
+    v0 = jax.tree.map(lambda z, c: (jnp.asarray(z, c.dtype) - c) * scale,
+                      init, center)
+    v0 = jax.tree.map(lambda z: jnp.ldexp(z, exponent), _tame_point(v0))
+  carry, gram_iters = _solve(ops, alpha, alpha_obj, nu_std, v0, method=method,
+                             max_iters=max_iters, tol=tol, criterion=criterion)
+  median = jax.tree.map(lambda v, c: (c + v).astype(c.dtype), carry.z, center)
+  return median, _info(carry, gram_iters, alpha, nu_std, tol)
+
+
+def _standardized(updates, *, weights, init, nu, method, max_iters, tol,
+                  criterion):
+  """Any rows (erasures, 1e30, 3e38): Weiszfeld on standardized rows."""
   clean, live = btree.zero_erasures(updates)
   dtype = jnp.result_type(*jax.tree.leaves(clean))
-  alpha = btree.worker_weights(weights, live, dtype)
+  alpha = _alpha(weights, live, dtype)
   u, std = btree.standardize(clean, live)
-  if nu is None:
-    nu_std = jnp.asarray(1e-7, dtype)
-  else:
-    nu_std = jnp.ldexp(jnp.asarray(nu, dtype), -std.exponent)
+  alpha_obj = jnp.where(std.dist <= _OBJECTIVE_RADIUS, alpha, 0.0)
+  nu_std = _nu_std(nu, std.exponent, dtype)
 
+  def wsum(beta):
+    # An all-zero beta gives the origin, which is the centre.
+    return btree.weighted_sum(beta, u)
+
+  ops = _Ops(lambda z: jnp.sqrt(btree.sq_dists_to(u, z)), wsum,
+             lambda z1, z0: _tree_norm(jax.tree.map(jnp.subtract, z1, z0)),
+             lambda: btree.worker_gram(u))
   if init is None:
     z0 = _start_point(u, std)
   else:
@@ -260,35 +450,12 @@ def geometric_median(
         lambda z, c: jnp.ldexp(jnp.asarray(z, c.dtype) - c, -std.exponent),
         init, std.center)
     z0 = _tame_point(z0)
-
-  zero = jnp.zeros([], jnp.int32)
-  if method == "direct":
-    carry = _direct_loop(u, alpha, nu_std, z0, zero, max_iters=max_iters,
-                         tol=tol, criterion=criterion)
-    gram_iters = zero
-  else:
-    switch = 0 if method == "gram" else gram_switch_iters(r)
-    carry = _direct_loop(u, alpha, nu_std, z0, zero, max_iters=max_iters,
-                         tol=tol, criterion=criterion,
-                         stop_iters=min(switch, max_iters))
-    need_gram = (carry.error > tol) & (carry.num_iters < max_iters)
-    carry, gram_iters = jax.lax.cond(
-        need_gram,
-        lambda c: _gram_then_refine(u, alpha, nu_std, c, max_iters=max_iters,
-                                    tol=tol, criterion=criterion),
-        lambda c: (c, zero), carry)
-
-  beta = _beta(alpha, carry.dist, nu_std)
+  carry, gram_iters = _solve(ops, alpha, alpha_obj, nu_std, z0, method=method,
+                             max_iters=max_iters, tol=tol, criterion=criterion)
   median = jax.tree.map(
       lambda z, c: (jnp.ldexp(z, std.exponent) + c).astype(c.dtype),
       carry.z, std.center)
-  if not return_info:
-    return median
-  info = WeiszfeldInfo(
-      num_iters=carry.num_iters, objective=carry.objective,
-      error=carry.error,
-      converged=carry.error <= tol, weights=beta, gram_iters=gram_iters)
-  return median, info
+  return median, _info(carry, gram_iters, alpha, nu_std, tol)
 
 
 def _start_point(u, std):
@@ -313,29 +480,3 @@ def _tame_point(z):
   factor = jnp.where(norm > btree.TAME_RADIUS, btree.TAME_RADIUS / norm, 1.0)
   factor = jnp.where(jnp.isfinite(norm), factor, 0.0)
   return jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0) * factor, z)
-
-
-def _gram_then_refine(u, alpha, nu, carry, *, max_iters, tol, criterion):
-  """Gram phase from one Weiszfeld step past the current iterate, then exact
-  refinement.
-
-  The rows ``u`` are already centred at a data row near the honest majority
-  (:func:`byzjax.tree.standardize`), which keeps the cancellation in
-  ``K_ii - 2 (K a)_i + a'Ka`` at the level of the spread, not of the norms.
-  """
-  gram = btree.worker_gram(u)
-  # One Weiszfeld step from the current iterate lands in the span of the
-  # rows: z = sum_j a0_j u_j with a0 = beta(current distances).
-  a0 = _beta(alpha, carry.dist, nu)
-  zero = jnp.zeros([], jnp.int32)
-  g = _gram_loop(gram, alpha, nu, a0, zero, max_iters=max_iters, tol=tol,
-                 criterion=criterion)
-  z = btree.weighted_sum(g.z, u)
-  # Exact refinement: direct iterations from the Gram answer, at least one
-  # so that the stopping rule is checked on exact distances. The Gram
-  # distances lose precision at scales far below the spread (cancellation),
-  # so the refinement keeps its own budget: max_iters bounds the exact and
-  # the Gram iterations separately.
-  refined = _direct_loop(u, alpha, nu, z, carry.num_iters,
-                         max_iters=max_iters + 1, tol=tol, criterion=criterion)
-  return refined._replace(num_iters=refined.num_iters + g.num_iters), g.num_iters

@@ -173,8 +173,10 @@ def geometric_median_of_means(
   # Dropped groups are passed as erasures (NaN rows): the geometric median
   # then ignores them entirely, also when it centres and scales its inputs.
   gm_input = btree.mask_workers(means, kept, fill=jnp.nan)
+  # The step rule, as Chen, Su & Xu's analysis and this module's tests
+  # assume (geometric_median's default is the objective rule).
   median, gm_info = geometric_median(gm_input, max_iters=max_iters, tol=tol,
-                                     return_info=True)
+                                     criterion="step", return_info=True)
   # Every worker erased: zeros (a missing update), not the GM of nothing.
   any_live = jnp.any(group_live)
   median = jax.tree.map(lambda m: jnp.where(any_live, m, jnp.zeros_like(m)),

@@ -4,7 +4,8 @@ Krum scores every worker by how tightly it sits among its nearest
 neighbours and returns the worker with the best score; Multi-Krum averages
 the ``m`` best. Scores depend on the data only through pairwise distances, so
 they are computed from one ``R x R`` Gram matrix (one matrix product over the
-updates) followed by ``O(R^2 log R)`` work on the small matrix; only the final
+updates, accumulated block by block, :func:`byzjax.tree.chunked_gram`)
+followed by ``O(R^2 log R)`` work on the small matrix; only the final
 average reads the updates again.
 
 Precision. Pairwise squared distances from a Gram matrix,
@@ -61,6 +62,45 @@ def _pairwise_sq_dists(updates: PyTree) -> _PairwiseDistances:
   u, std = btree.standardize(clean, live)
   sq_dists = btree.gram_sq_dists(btree.worker_gram(u))
   return _PairwiseDistances(clean, live, sq_dists, std.exponent)
+
+
+class _KrumDistances(NamedTuple):
+  benign: jax.Array    # bool, shape (): rows used in place (all finite)
+  live: jax.Array      # bool, shape [R]
+  sq_dists: jax.Array  # float, shape [R, R]: squared distances / 4**exponent
+  exponent: jax.Array  # int32, shape ()
+
+
+# Rows whose entries are all below 2**_BENIGN_EXP in magnitude (and finite)
+# give a Gram matrix that cannot overflow without scaling.
+_BENIGN_EXP = 40
+
+
+def _krum_sq_dists(updates: PyTree) -> _KrumDistances:
+  """Pairwise squared distances for Krum from one read of the updates.
+
+  Benign rows (finite, entries below ``2**40``, typical squared distance to
+  the block centres above ``2**-80`` so nothing underflows) take the Gram
+  matrix of :func:`byzjax.tree.chunked_gram` directly: one read, no
+  standardized copy. Otherwise (:func:`jax.lax.cond`) the rows are
+  standardized first, as in :func:`_pairwise_sq_dists`.
+  """
+  r = btree.num_workers(updates)
+  gram, mabs = btree.chunked_gram(updates)
+  typical = jnp.sort(jnp.diagonal(gram))[r // 2]
+  benign = (jnp.all(mabs <= 2.0**_BENIGN_EXP)  # False for NaN too
+            & (typical >= 2.0**-80) & jnp.all(jnp.isfinite(gram)))
+
+  def slow(x):
+    pair = _pairwise_sq_dists(x)
+    return pair.live, pair.sq_dists, pair.exponent
+
+  live, sq_dists, exponent = jax.lax.cond(
+      benign,
+      lambda x: (jnp.ones((r,), bool), btree.gram_sq_dists(gram),
+                 jnp.zeros([], jnp.int32)),
+      slow, updates)
+  return _KrumDistances(benign, live, sq_dists, exponent)
 
 
 def _krum_scores(sq_dists: jax.Array, active: jax.Array,
@@ -177,13 +217,19 @@ def krum(
     raise ValueError(f"neighbours must be one of {tuple(NEIGHBOURS)}, got "
                      f"{neighbours!r}.")
 
-  pair = _pairwise_sq_dists(updates)
+  pair = _krum_sq_dists(updates)
   scores = _krum_scores(pair.sq_dists, pair.live,
                         r - f - NEIGHBOURS[neighbours])
   rank = jnp.argsort(jnp.argsort(scores, stable=True), stable=True)
   selected = pair.live & (rank < m)
   dtype = pair.sq_dists.dtype
-  out, _ = _weighted_mean(pair.clean, selected.astype(dtype))
+  # Benign rows are all finite: average them in place; otherwise zero the
+  # erased rows first (0 * inf is NaN even at weight zero).
+  out, _ = jax.lax.cond(
+      pair.benign,
+      lambda x: _weighted_mean(x, selected.astype(dtype)),
+      lambda x: _weighted_mean(btree.zero_erasures(x)[0],
+                               selected.astype(dtype)), updates)
   if not return_info:
     return out
   scores = jnp.where(pair.live, jnp.ldexp(scores, 2 * pair.exponent), jnp.inf)

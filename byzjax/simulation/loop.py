@@ -35,6 +35,8 @@ DataAttack = Callable[[jax.Array, jax.Array, jax.Array],
 # which workers the aggregator kept; used to count kept Byzantine workers.
 KEPT_MASK_FIELDS = ("kept", "selected", "active")
 
+PER_WORKER_GRADS = ("auto", "vmap", "chunked")
+
 
 class TrainState(NamedTuple):
   """Everything a run carries from step to step (and checkpoints)."""
@@ -79,7 +81,35 @@ class Simulation:
       (jax-ml/jax#12868; a GroupNorm ResNet-8 step measured 4.7 s in the
       loop against 0.86 s unrolled): for CNNs on CPU set ``unroll=True``
       and call :func:`run` with ``num_evals=1`` (which has no outer loop)
-      from a host loop. Compile time grows with the unrolled length.
+      from a host loop. Keep ``eval_every`` small (1 for a large CNN):
+      compile time grows with the unrolled length, and so does memory,
+      because XLA:CPU's default concurrency-optimized scheduler keeps the
+      temporaries of every unrolled step alive (LeNet, 8 workers x 64
+      images: 0.74 GB for one step, 2.76 GB for five; 11.7 GB resident
+      for five at 32 workers). ``XLA_FLAGS=
+      --xla_cpu_enable_concurrency_optimized_scheduler=false`` (set
+      before JAX starts; the per-``jit`` ``compiler_options`` does not
+      reach it) brings five steps back to 0.71 GB.
+    per_worker_grads: how the ``R`` per-worker gradients are computed:
+      ``"vmap"``: ``vmap(value_and_grad(loss_fn))`` over all workers at once
+      (one batched program); ``"chunked"``: a :func:`jax.lax.map` over
+      chunks of ``worker_chunk`` workers, ``vmap`` inside a chunk (peak
+      memory of ``worker_chunk`` workers instead of ``R``; slower on
+      XLA:CPU, where a loop body runs convolutions several times slower);
+      ``"auto"`` (default): ``"vmap"`` on every backend, the fastest
+      measured (``experiments/benchmarks/vs_torch.py``). All give the same
+      gradients up to float rounding. For convolutional models on CPU use
+      :func:`byzjax.conv.conv_general_dilated` in the model (the models of
+      :mod:`byzjax.models` do): ``vmap`` of a native convolution's weight
+      gradient is a grouped convolution that XLA:CPU runs slowly.
+    worker_chunk: workers per chunk for ``per_worker_grads="chunked"``.
+    full_batch: every worker's batch is its whole shard, in stored order,
+      without sampling (for full local gradients, e.g. Ghosh et al.'s
+      regression). Requires ``batch_size`` equal to the padded shard length
+      and every shard full (checked when the sizes are concrete). Sampling
+      ``batch_size = n_max`` rows without replacement draws the same rows in
+      a random order, so the gradient is the same up to float rounding, but
+      the sampled path gathers a copy of the whole data every step.
   """
   loss_fn: LossFn
   server_tx: optax.GradientTransformation
@@ -93,6 +123,9 @@ class Simulation:
   eval_fn: Callable[[PyTree], dict[str, jax.Array]] | None = None
   eval_every: int = 10
   unroll: int | bool = 1
+  per_worker_grads: str = "auto"
+  worker_chunk: int = 8
+  full_batch: bool = False
 
   def __post_init__(self):
     _checks.check_int("num_workers", self.num_workers, low=1)
@@ -100,6 +133,11 @@ class Simulation:
     _checks.check_int("eval_every", self.eval_every, low=1)
     if not isinstance(self.unroll, bool):
       _checks.check_int("unroll", self.unroll, low=1)
+    if self.per_worker_grads not in PER_WORKER_GRADS:
+      raise ValueError(
+          f"per_worker_grads must be one of {PER_WORKER_GRADS}, got "
+          f"{self.per_worker_grads!r}.")
+    _checks.check_int("worker_chunk", self.worker_chunk, low=1)
     if isinstance(self.num_byzantine, int):
       _checks.check_int("num_byzantine", self.num_byzantine, low=0,
                         high=self.num_workers)
@@ -174,6 +212,53 @@ def byzantine_diagnostics(server_state: optax.OptState,
   return out
 
 
+def _full_batches(data: WorkerData, batch_size: int):
+  """Every worker's whole shard as its batch (``Simulation.full_batch``)."""
+  n_max = int(jnp.shape(data.y)[1])
+  if batch_size != n_max:
+    raise ValueError(
+        f"full_batch=True needs batch_size equal to the shard length {n_max}, "
+        f"got batch_size={batch_size}; set batch_size={n_max} or "
+        "full_batch=False.")
+  try:
+    smallest = int(jnp.min(jnp.asarray(data.size)))
+  except (jax.errors.ConcretizationTypeError,
+          jax.errors.TracerArrayConversionError):
+    smallest = n_max  # traced sizes: documented requirement
+  if smallest != n_max:
+    raise ValueError(
+        f"full_batch=True needs every shard full ({n_max} rows), but one has "
+        f"{smallest}; repartition into equal shards or set full_batch=False.")
+  return data.x, data.y
+
+
+def per_worker_value_and_grad(loss_fn: LossFn, params: PyTree, batches: Batch,
+                              *, strategy: str = "auto", chunk: int = 8
+                              ) -> tuple[jax.Array, PyTree]:
+  """Losses ``[R]`` and stacked gradients ``(R, ...)`` of every worker's batch.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar`` on one worker's batch.
+    params: the shared parameters.
+    batches: the workers' batches, every leaf with a leading axis ``R``.
+    strategy: ``"vmap"``, ``"chunked"`` or ``"auto"`` (see
+      :class:`Simulation`, ``per_worker_grads``).
+    chunk: workers per chunk for ``"chunked"``.
+
+  Returns:
+    ``(losses, grads)``; ``grads`` has the structure of ``params`` with a
+    leading worker axis.
+  """
+  if strategy not in PER_WORKER_GRADS:
+    raise ValueError(f"strategy must be one of {PER_WORKER_GRADS}, got "
+                     f"{strategy!r}.")
+  value_and_grad = jax.value_and_grad(loss_fn)
+  if strategy == "chunked":
+    return jax.lax.map(lambda b: value_and_grad(params, b), batches,
+                       batch_size=chunk)
+  return jax.vmap(value_and_grad, in_axes=(None, 0))(params, batches)
+
+
 def step(sim: Simulation, state: TrainState, data: WorkerData) -> tuple[
     TrainState, jax.Array]:
   """One training step; returns the new state and the honest mean loss."""
@@ -182,7 +267,10 @@ def step(sim: Simulation, state: TrainState, data: WorkerData) -> tuple[
   if sim.redraw_byzantine:
     byzantine = draw_byzantine(k_byz, sim.num_workers, sim.num_byzantine)
 
-  x, y = sample_batches(k_batch, data, sim.batch_size)
+  if sim.full_batch:
+    x, y = _full_batches(data, sim.batch_size)
+  else:
+    x, y = sample_batches(k_batch, data, sim.batch_size)
   if sim.data_attack is not None:
     def attack_one(k, xi, yi, is_byz):
       ax, ay = sim.data_attack(k, xi, yi)
@@ -191,8 +279,9 @@ def step(sim: Simulation, state: TrainState, data: WorkerData) -> tuple[
     x, y = jax.vmap(attack_one)(
         jax.random.split(k_data_attack, sim.num_workers), x, y, byzantine)
 
-  losses, grads = jax.vmap(jax.value_and_grad(sim.loss_fn),
-                           in_axes=(None, 0))(state.params, (x, y))
+  losses, grads = per_worker_value_and_grad(
+      sim.loss_fn, state.params, (x, y), strategy=sim.per_worker_grads,
+      chunk=sim.worker_chunk)
 
   worker_state = state.worker_state
   updates = grads

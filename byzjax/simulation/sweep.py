@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from byzjax import _checks
 from byzjax.simulation import loop
 
 # build(hparams, key) -> (simulation, initial train state). `hparams` maps
@@ -37,11 +38,42 @@ def _points(numeric: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
   return {n: np.asarray([c[i] for c in combos]) for i, n in enumerate(names)}
 
 
+def enable_compilation_cache(path: str, *,
+                             min_compile_time_secs: float = 1.0) -> None:
+  """Turns on JAX's persistent compilation cache in directory ``path``.
+
+  A program whose compilation took at least ``min_compile_time_secs`` is
+  stored there, and a later process (a rerun of the same script, another cell
+  of the same shape) loads it instead of compiling again: the same program
+  (same function, shapes, static arguments, JAX version and flags) is not
+  recompiled. Call it once, before the first compilation. Hits and misses can
+  be observed through :mod:`jax.monitoring` events
+  (``/jax/compilation_cache/cache_hits``).
+
+  Args:
+    path: a directory (created if missing); may be shared between runs.
+    min_compile_time_secs: compile time below which programs are not cached
+      (``0`` caches everything).
+  """
+  if not isinstance(path, str) or not path:
+    raise ValueError(f"path must be a non-empty directory name, got {path!r}.")
+  if min_compile_time_secs < 0:
+    raise ValueError("min_compile_time_secs must be >= 0, got "
+                     f"{min_compile_time_secs}.")
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(min_compile_time_secs))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def vmapped_runs(build: BuildFn, data: loop.WorkerData, *, num_evals: int,
                  seeds: int | Sequence[int] = 1,
                  numeric: Mapping[str, Sequence[float]] | None = None,
-                 key: jax.Array | None = None) -> tuple[dict[str, np.ndarray],
-                                                         dict[str, np.ndarray]]:
+                 key: jax.Array | None = None,
+                 chunk_size: int | None = None,
+                 progress: bool = True,
+                 log: Callable[[str], None] | None = None
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """Runs every (numeric point x seed) as one jitted, vmapped call.
 
   Args:
@@ -53,6 +85,21 @@ def vmapped_runs(build: BuildFn, data: loop.WorkerData, *, num_evals: int,
       ``jax.random.fold_in(key, s)``.
     numeric: optional ``{name: values}``; their Cartesian product is swept.
     key: base key (required: randomness only from explicit keys).
+    chunk_size: ``None`` (default): all ``P * S`` runs in one vmapped call.
+      An int ``c``: the runs are vmapped ``c`` at a time by one compiled
+      program called ``ceil(P * S / c)`` times in sequence (the last chunk
+      is padded with repeats of the first run, whose results are dropped);
+      every run gives the same metrics as unchunked, up to float rounding.
+      Batching runs wins when one run leaves the machine idle (small models,
+      accelerators: 20 seeds of the small regression of Ghosh et al. cost
+      a few single runs); on a CPU that one run already saturates (the MLP
+      of ``experiments/benchmarks/simulation.py`` on 2 cores) a big vmapped
+      batch only adds memory traffic, and ``chunk_size=1`` (sequential
+      runs, one compilation) is the fastest.
+    progress: log a line when compilation starts and ends and when the runs
+      (every chunk) are done, so long compilations are visibly alive;
+      ``False`` for silence.
+    log: where progress lines go (default ``print``).
 
   Returns:
     ``(points, metrics)``: ``points[name]`` has shape ``[P]`` and every
@@ -67,23 +114,69 @@ def vmapped_runs(build: BuildFn, data: loop.WorkerData, *, num_evals: int,
   points = _points(numeric or {})
   keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.asarray(seed_list))
 
+  # The data is an argument of the compiled program, not a constant baked
+  # into it: compiling a program with a large constant is slow, and the same
+  # program then serves every dataset of the same shapes (the persistent
+  # compilation cache keys on the program).
   def one(hp, k, data):
     hp = {n: v for n, v in hp.items() if n != _NO_POINTS}
     sim, state = build(hp, k)
     _, metrics = loop.run(sim, state, data, num_evals)
     return metrics
 
-  # The data is an argument of the compiled program, not a constant baked
-  # into it: compiling a program with a large constant is slow, and the
-  # same program then serves every dataset of the same shapes (the
-  # persistent compilation cache keys on the program).
-  over_seeds = jax.vmap(one, in_axes=(None, 0, None))
-  over_points = jax.vmap(over_seeds, in_axes=(0, None, None))
+  log = log or print
   hp_arrays = {n: jnp.asarray(v) for n, v in points.items()}
   if not points:  # one point with no hyperparameters: a dummy axis of size 1
     hp_arrays = {_NO_POINTS: jnp.zeros(1)}
-  metrics = jax.tree.map(np.asarray, jax.jit(over_points)(hp_arrays, keys, data))
+  num_points = len(next(iter(hp_arrays.values())))
+  num_seeds = len(seed_list)
+  total = num_points * num_seeds
+  if chunk_size is None:
+    over_seeds = jax.vmap(one, in_axes=(None, 0, None))
+    over_points = jax.vmap(over_seeds, in_axes=(0, None, None))
+    fn = _compile(over_points, (hp_arrays, keys, data), total, 1, progress,
+                  log)
+    start = time.perf_counter()
+    metrics = jax.tree.map(np.asarray, fn(hp_arrays, keys, data))
+    if progress:
+      log(f"vmapped_runs: {total} runs in {time.perf_counter() - start:.1f}s")
+    return {n: np.asarray(v) for n, v in points.items()}, metrics
+
+  chunk_size = _checks.check_int("chunk_size", chunk_size, low=1)
+  chunk_size = min(chunk_size, total)
+  num_chunks = -(-total // chunk_size)
+  # Run i is (point i // S, seed i % S); pad to whole chunks with run 0.
+  run_ids = np.arange(num_chunks * chunk_size)
+  run_ids = np.where(run_ids < total, run_ids, 0)
+  flat_hp = {n: v[run_ids // num_seeds] for n, v in hp_arrays.items()}
+  flat_keys = keys[run_ids % num_seeds]
+  fn = _compile(jax.vmap(one, in_axes=(0, 0, None)), (
+      {n: v[:chunk_size] for n, v in flat_hp.items()}, flat_keys[:chunk_size],
+      data), total, num_chunks, progress, log)
+  outs = []
+  start = time.perf_counter()
+  for c in range(num_chunks):
+    sl = slice(c * chunk_size, (c + 1) * chunk_size)
+    outs.append(jax.tree.map(np.asarray, fn(
+        {n: v[sl] for n, v in flat_hp.items()}, flat_keys[sl], data)))
+    if progress:
+      log(f"vmapped_runs: chunk {c + 1}/{num_chunks} done "
+          f"({time.perf_counter() - start:.1f}s)")
+  metrics = jax.tree.map(
+      lambda *m: np.concatenate(m)[:total].reshape(
+          (num_points, num_seeds) + m[0].shape[1:]), *outs)
   return {n: np.asarray(v) for n, v in points.items()}, metrics
+
+
+def _compile(fn, args, total, num_chunks, progress, log):
+  """``jax.jit(fn)`` compiled ahead of time, with progress lines."""
+  if progress:
+    log(f"vmapped_runs: compiling {total} runs in {num_chunks} call(s)...")
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  if progress:
+    log(f"vmapped_runs: compiled in {time.perf_counter() - start:.1f}s")
+  return compiled
 
 
 def tidy_rows(config: Mapping[str, Any], points: Mapping[str, np.ndarray],
@@ -112,7 +205,8 @@ def grid(build_for: Callable[..., BuildFn], data: loop.WorkerData, *,
          seeds: int | Sequence[int] = 1,
          numeric: Mapping[str, Sequence[float]] | None = None,
          key: jax.Array, progress: bool = True,
-         log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+         log: Callable[[str], None] | None = None,
+         chunk_size: int | None = None) -> list[dict[str, Any]]:
   """A grid over discrete choices, each cell a :func:`vmapped_runs` call.
 
   Args:
@@ -123,8 +217,10 @@ def grid(build_for: Callable[..., BuildFn], data: loop.WorkerData, *,
     num_evals, seeds, numeric, key: as in :func:`vmapped_runs` (every cell
       uses the same seeds, so cells are paired).
     progress: show a tqdm progress bar when tqdm is installed, else one log
-      line per cell.
+      line per cell; either way also the compile/run lines of
+      :func:`vmapped_runs`.
     log: where log lines go (default ``print``).
+    chunk_size: as in :func:`vmapped_runs`.
 
   Returns:
     The tidy rows of all cells (configuration columns first, plus
@@ -148,7 +244,9 @@ def grid(build_for: Callable[..., BuildFn], data: loop.WorkerData, *,
     start = time.perf_counter()
     points, metrics = vmapped_runs(build_for(**dict(zip(names, cell))), data,
                                    num_evals=num_evals, seeds=seed_list,
-                                   numeric=numeric, key=key)
+                                   numeric=numeric, key=key,
+                                   chunk_size=chunk_size, progress=progress,
+                                   log=bar.write if bar is not None else log)
     seconds = time.perf_counter() - start
     cell_rows = tidy_rows(config, points, seed_list, metrics)
     for r in cell_rows:

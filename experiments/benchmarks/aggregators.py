@@ -291,7 +291,10 @@ def _np_iters(info) -> str:
 
 
 def _gm_kwargs(method):
-  return lambda r, d: {"method": method, "max_iters": MAX_ITERS, "tol": TOL}
+  # The NumPy reference stops on the step rule; vs_peers.py compares the
+  # default objective rule with the public implementations.
+  return lambda r, d: {"method": method, "max_iters": MAX_ITERS, "tol": TOL,
+                       "criterion": "step"}
 
 
 def _f_bulyan(r):
@@ -362,7 +365,7 @@ def cases() -> list:
       Case("block_geometric_median(0.1)", "block_geometric_median",
            "byzjax.aggregators.block_coordinate", "block_geometric_median",
            lambda r, d: {"block_fraction": 0.1, "max_iters": MAX_ITERS,
-                         "tol": TOL},
+                         "tol": TOL, "criterion": "step"},
            lambda x, r, d: npref.block_geometric_median(
                x, num_coords=math.ceil(0.1 * d - 1e-9), max_iters=MAX_ITERS,
                tol=TOL),

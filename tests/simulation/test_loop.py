@@ -2,6 +2,11 @@
 
 import csv
 import functools
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import chex
 import jax
@@ -39,7 +44,7 @@ def _sim(aggregator=geometric_median, lr=0.1, num_byzantine=2, **kw):
   return simulation.Simulation(
       loss_fn=_loss,
       server_tx=optax.chain(byzjax.aggregate(aggregator), optax.sgd(lr)),
-      num_workers=R, batch_size=8,
+      num_workers=R, batch_size=kw.pop("batch_size", 8),
       num_byzantine=num_byzantine,
       eval_fn=lambda p: {"err": jnp.linalg.norm(p["w"] - W_STAR)},
       eval_every=10, **kw)
@@ -199,6 +204,69 @@ def test_vmapped_sweep_matches_single_runs():
   np.testing.assert_allclose(points["lr"], [0.05, 0.1])
   _, single = _run(_sim(lr=0.1), jax.random.fold_in(key, 1), num_evals=2)
   np.testing.assert_allclose(metrics["err"][1, 1], single["err"], rtol=1e-5)
+
+
+def test_chunked_sweep_matches_unchunked_and_logs_progress():
+  def build(hp, key):
+    sim = _sim(lr=hp["lr"])
+    return sim, simulation.init(sim, _params(), key)
+
+  key = jax.random.key(9)
+  kw = dict(num_evals=2, seeds=3, numeric={"lr": [0.05, 0.1]}, key=key)
+  _, whole = simulation.vmapped_runs(build, _data(), progress=False, **kw)
+  lines = []
+  # 6 runs in chunks of 4: the second chunk is padded.
+  _, chunked = simulation.vmapped_runs(build, _data(), chunk_size=4,
+                                       log=lines.append, **kw)
+  assert chunked["err"].shape == whole["err"].shape == (2, 3, 2)
+  for name in whole:
+    np.testing.assert_allclose(chunked[name], whole[name], rtol=1e-5,
+                               atol=1e-6, err_msg=name)
+  assert "compiling" in lines[0] and "compiled" in lines[1]
+  assert any("chunk 2/2" in l for l in lines)
+  with pytest.raises(ValueError, match="chunk_size"):
+    simulation.vmapped_runs(build, _data(), chunk_size=0, **kw)
+
+
+def test_full_batch_equals_sampling_the_whole_shard():
+  """batch = shard: sampled rows are a permutation; the mean loss gradient is
+  the same up to float rounding."""
+  key = jax.random.key(12)
+  n = 32  # = N, the shard length of _data()
+  sampled = _run(_sim(batch_size=n), key, num_evals=2)[1]
+  full = _run(_sim(batch_size=n, full_batch=True), key, num_evals=2)[1]
+  np.testing.assert_allclose(full["err"], sampled["err"], rtol=1e-4)
+  with pytest.raises(ValueError, match="full_batch"):
+    _run(_sim(full_batch=True), key)  # batch_size 8 != 32
+  short = _data()._replace(size=jnp.full((R,), N - 1, jnp.int32))
+  sim = _sim(batch_size=n, full_batch=True)
+  with pytest.raises(ValueError, match="full_batch"):  # concrete sizes
+    simulation.step(sim, simulation.init(sim, _params(), key), short)
+
+
+def test_compilation_cache_hit_in_a_new_process(tmp_path):
+  """A rerun of the same program in a fresh process loads it from the cache."""
+  script = tmp_path / "prog.py"
+  script.write_text(textwrap.dedent(f"""
+      import jax, jax.numpy as jnp
+      from byzjax import simulation
+      hits = []
+      jax.monitoring.register_event_listener(
+          lambda name, **kw: hits.append(name)
+          if name == "/jax/compilation_cache/cache_hits" else None)
+      simulation.enable_compilation_cache({str(tmp_path / "cache")!r},
+                                          min_compile_time_secs=0)
+      jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((3, 3))).block_until_ready()
+      print("HITS", len(hits))
+      """))
+  env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[2]))
+  outs = [subprocess.run([sys.executable, str(script)], capture_output=True,
+                         text=True, env=env, check=True, timeout=120).stdout
+          for _ in range(2)]
+  hits = [int(o.split("HITS")[1]) for o in outs]
+  assert hits[0] == 0 and hits[1] >= 1, outs  # run 2 loads, run 1 compiled
+  with pytest.raises(ValueError, match="path"):
+    simulation.enable_compilation_cache("")
 
 
 def test_grid_writes_tidy_csv(tmp_path):
