@@ -189,15 +189,13 @@ def run_cell(config: StudyConfig, task, cell: Cell, *, key: jax.Array,
   numeric = {"learning_rate": list(t.learning_rate),
              "num_byzantine": [cell.num_byzantine]}
   chunk = runs_per_chunk(config, task, cell, memory_bytes)
-  seed_chunk = max(1, chunk // len(t.learning_rate))
+  total = len(t.seeds) * len(t.learning_rate)
   seeds = list(t.seeds)
-  rows = []
-  for start in range(0, len(seeds), seed_chunk):
-    part = seeds[start:start + seed_chunk]
-    points, metrics = simulation.vmapped_runs(
-        build, data, num_evals=t.steps // t.eval_every, seeds=part,
-        numeric=numeric, key=key)
-    rows.extend(simulation.tidy_rows({}, points, part, metrics))
+  points, metrics = simulation.vmapped_runs(
+      build, data, num_evals=t.steps // t.eval_every, seeds=seeds,
+      numeric=numeric, key=key, chunk_size=None if chunk >= total else chunk,
+      progress=False)
+  rows = simulation.tidy_rows({}, points, seeds, metrics)
   base = {
       "task": task.dataset, "model": config.task.model,
       "heterogeneity": cell.heterogeneity, "num_workers": cell.num_workers,
@@ -254,17 +252,6 @@ def estimate_seconds(config: StudyConfig, cells: Sequence[Cell],
   return flops / rate + 20.0 * programs, (
       f"{programs} programs at ~20 s of compilation each, {num_params} "
       f"parameters at a matmul rate of {rate / 1e9:.0f} GFLOP/s")
-
-
-def enable_compilation_cache(path: str | None) -> str | None:
-  """Turns on JAX's persistent compilation cache in ``path``."""
-  if not path:
-    return None
-  os.makedirs(path, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-  return path
 
 
 def default_cache_dir() -> str:
@@ -377,7 +364,8 @@ def run(config, out: str | None = None, *, overwrite: bool = False,
 
   if cache_dir == "default":
     cache_dir = default_cache_dir()
-  enable_compilation_cache(cache_dir)
+  if cache_dir:
+    simulation.enable_compilation_cache(cache_dir, min_compile_time_secs=0.0)
   store.set_meta("config", config.source or repr(config))
   store.set_meta("name", config.name)
   task = tasks_lib.build_task(config.task, data_seed=config.training.data_seed,
