@@ -11,6 +11,7 @@ from byzjax import compression
 from byzjax import data
 from byzjax import models
 from byzjax import simulation
+from byzjax import study
 from byzjax import transforms
 from byzjax import tree
 from byzjax.transforms import aggregate

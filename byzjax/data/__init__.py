@@ -8,6 +8,8 @@ from byzjax.data.partition import class_sharded_partition
 from byzjax.data.partition import Dataset
 from byzjax.data.partition import dirichlet_indices
 from byzjax.data.partition import dirichlet_partition
+from byzjax.data.partition import gamma_similarity_indices
+from byzjax.data.partition import gamma_similarity_partition
 from byzjax.data.partition import iid_indices
 from byzjax.data.partition import iid_partition
 from byzjax.data.partition import Partition

@@ -25,6 +25,8 @@ Schemes (:math:`N` samples, :math:`R` workers):
   class :math:`c` are split across workers in proportions
   :math:`p_c \\sim \\mathrm{Dir}(\\alpha \\mathbf{1}_R)`; a small :math:`\\alpha`
   gives each worker few classes, a large one approaches the i.i.d. split.
+* :func:`gamma_similarity_indices`: a fraction :math:`\\gamma` of the data
+  i.i.d., the rest sorted by label and cut into contiguous pieces.
 * :func:`unequal_indices`: i.i.d. samples, unequal shard sizes (given, or
   log-normal proportions).
 
@@ -253,6 +255,51 @@ def class_sharded_indices(key, labels: ArrayLike, num_workers: int, *,
   return _from_owner(order, owner, num_workers)
 
 
+def gamma_similarity_indices(key, labels: ArrayLike, num_workers: int, *,
+                             gamma: float) -> Partition:
+  """The gamma-similarity split: a fraction gamma i.i.d., the rest sorted.
+
+  A random fraction :math:`\\gamma` of the samples is dealt out i.i.d. (a
+  random permutation cut into :math:`R` near-equal pieces); the remaining
+  :math:`1 - \\gamma` are sorted by label and cut into :math:`R` contiguous
+  pieces, worker :math:`r` taking the :math:`r`-th piece of each part.
+  :math:`\\gamma = 1` is the i.i.d. split and :math:`\\gamma = 0` the
+  extreme (label-sorted) split in which each worker sees about
+  :math:`C / R` classes. This is the heterogeneity model of the robust
+  federated-learning benchmarks of Allouah et al. (the "gamma similarity"
+  of ByzFL).
+
+  Args:
+    key: a JAX PRNG key.
+    labels: ``[N]`` non-negative integer class labels.
+    num_workers: number of workers :math:`R \\le N`.
+    gamma: the i.i.d. fraction, in ``[0, 1]``.
+
+  Returns:
+    A :class:`Partition` in which every sample is used exactly once.
+
+  References:
+    Allouah et al., `Fixing by Mixing: A Recipe for Optimal Byzantine ML
+    under Heterogeneity <https://arxiv.org/abs/2302.01772>`_, AISTATS 2023
+  """
+  labels = _labels(labels)
+  num_samples = labels.shape[0]
+  num_workers = _checks.check_int("num_workers", num_workers, low=1,
+                                  high=num_samples)
+  gamma = _checks.check_fraction("gamma", gamma, low=0.0, high=1.0,
+                                 high_inclusive=True)
+  rng = _numpy_rng(key)
+  perm = rng.permutation(num_samples)
+  num_iid = int(round(gamma * num_samples))
+  iid, rest = perm[:num_iid], perm[num_iid:]
+  rest = rest[np.argsort(labels[rest], kind="stable")]
+  pieces = [np.array_split(iid, num_workers), np.array_split(rest, num_workers)]
+  samples = np.concatenate([np.concatenate(p) for p in pieces])
+  owner = np.concatenate([
+      _split_owner(np.array([len(x) for x in p])) for p in pieces])
+  return _from_owner(samples.astype(np.int64), owner, num_workers)
+
+
 def dirichlet_indices(key, labels: ArrayLike, num_workers: int, *,
                       alpha: float, min_size: int = 1) -> Partition:
   """Dirichlet label skew (Hsu et al., 2019).
@@ -443,6 +490,14 @@ def dirichlet_partition(key, dataset: Dataset, num_workers: int, *,
   """:func:`dirichlet_indices` on ``dataset.y``, then :func:`shard`."""
   part = dirichlet_indices(key, dataset.y, num_workers, alpha=alpha,
                            min_size=min_size)
+  return shard(dataset, part, n_max=n_max)
+
+
+def gamma_similarity_partition(key, dataset: Dataset, num_workers: int, *,
+                               gamma: float,
+                               n_max: int | None = None) -> WorkerData:
+  """:func:`gamma_similarity_indices` on ``dataset.y``, then :func:`shard`."""
+  part = gamma_similarity_indices(key, dataset.y, num_workers, gamma=gamma)
   return shard(dataset, part, n_max=n_max)
 
 

@@ -114,7 +114,11 @@ def vmapped_runs(build: BuildFn, data: loop.WorkerData, *, num_evals: int,
   points = _points(numeric or {})
   keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.asarray(seed_list))
 
-  def one(hp, k):
+  # The data is an argument of the compiled program, not a constant baked
+  # into it: compiling a program with a large constant is slow, and the same
+  # program then serves every dataset of the same shapes (the persistent
+  # compilation cache keys on the program).
+  def one(hp, k, data):
     hp = {n: v for n, v in hp.items() if n != _NO_POINTS}
     sim, state = build(hp, k)
     _, metrics = loop.run(sim, state, data, num_evals)
@@ -128,11 +132,12 @@ def vmapped_runs(build: BuildFn, data: loop.WorkerData, *, num_evals: int,
   num_seeds = len(seed_list)
   total = num_points * num_seeds
   if chunk_size is None:
-    over_seeds = jax.vmap(one, in_axes=(None, 0))
-    over_points = jax.vmap(over_seeds, in_axes=(0, None))
-    fn = _compile(over_points, (hp_arrays, keys), total, 1, progress, log)
+    over_seeds = jax.vmap(one, in_axes=(None, 0, None))
+    over_points = jax.vmap(over_seeds, in_axes=(0, None, None))
+    fn = _compile(over_points, (hp_arrays, keys, data), total, 1, progress,
+                  log)
     start = time.perf_counter()
-    metrics = jax.tree.map(np.asarray, fn(hp_arrays, keys))
+    metrics = jax.tree.map(np.asarray, fn(hp_arrays, keys, data))
     if progress:
       log(f"vmapped_runs: {total} runs in {time.perf_counter() - start:.1f}s")
     return {n: np.asarray(v) for n, v in points.items()}, metrics
@@ -145,15 +150,15 @@ def vmapped_runs(build: BuildFn, data: loop.WorkerData, *, num_evals: int,
   run_ids = np.where(run_ids < total, run_ids, 0)
   flat_hp = {n: v[run_ids // num_seeds] for n, v in hp_arrays.items()}
   flat_keys = keys[run_ids % num_seeds]
-  fn = _compile(jax.vmap(one), (
-      {n: v[:chunk_size] for n, v in flat_hp.items()}, flat_keys[:chunk_size]),
-                total, num_chunks, progress, log)
+  fn = _compile(jax.vmap(one, in_axes=(0, 0, None)), (
+      {n: v[:chunk_size] for n, v in flat_hp.items()}, flat_keys[:chunk_size],
+      data), total, num_chunks, progress, log)
   outs = []
   start = time.perf_counter()
   for c in range(num_chunks):
     sl = slice(c * chunk_size, (c + 1) * chunk_size)
     outs.append(jax.tree.map(np.asarray, fn(
-        {n: v[sl] for n, v in flat_hp.items()}, flat_keys[sl])))
+        {n: v[sl] for n, v in flat_hp.items()}, flat_keys[sl], data)))
     if progress:
       log(f"vmapped_runs: chunk {c + 1}/{num_chunks} done "
           f"({time.perf_counter() - start:.1f}s)")

@@ -289,3 +289,34 @@ def test_partition_wrappers_match_indices(name):
   for r, s in enumerate(part.size):
     np.testing.assert_array_equal(np.asarray(wd.x)[r, :s],
                                   data.x[part.index[r, :s]])
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 1.0])
+def test_gamma_similarity_uses_every_sample_once(gamma):
+  labels = np.repeat(np.arange(10), 37)
+  part = P.gamma_similarity_indices(jax.random.key(3), labels, 7,
+                                            gamma=gamma)
+  used = np.concatenate([part.index[r, :part.size[r]] for r in range(7)])
+  np.testing.assert_array_equal(np.sort(used), np.arange(labels.size))
+  assert part.size.max() - part.size.min() <= 2
+
+
+def test_gamma_similarity_interpolates_between_sorted_and_iid():
+  labels = np.repeat(np.arange(10), 100)
+  def classes(gamma):
+    part = P.gamma_similarity_indices(jax.random.key(0), labels, 5,
+                                              gamma=gamma)
+    return [len(set(labels[part.index[r, :part.size[r]]])) for r in range(5)]
+  # gamma = 0: the label-sorted split, 2 classes per worker (10 / 5).
+  assert classes(0.0) == [2] * 5
+  # gamma = 1: i.i.d., every worker sees every class.
+  assert classes(1.0) == [10] * 5
+  # In between, the i.i.d. part adds every class.
+  assert min(classes(0.5)) == 10
+
+
+@pytest.mark.parametrize("gamma", [-0.1, 1.5, float("nan")])
+def test_gamma_similarity_rejects_a_bad_gamma(gamma):
+  with pytest.raises(ValueError, match="gamma"):
+    P.gamma_similarity_indices(jax.random.key(0), np.arange(10) % 2,
+                                       2, gamma=gamma)
