@@ -72,12 +72,12 @@ def test_warm_start_keeps_last_aggregate_and_saves_iterations():
 
 def test_extra_args_are_forwarded_or_ignored():
   g = _stacked(jax.random.key(3))
-  tx = byzjax.aggregate(geometric_median, tol=1e-8)
+  tx = byzjax.aggregate(geometric_median, tol=1e-8, criterion="step")
   weights = jnp.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
   out, _ = tx.update(g, tx.init(_params()), weights=weights, unrelated=1)
   only_first = jax.tree.map(lambda x: x[:3], g)
-  chex.assert_trees_all_close(out, geometric_median(only_first, tol=1e-8),
-                              atol=1e-5)
+  chex.assert_trees_all_close(
+      out, geometric_median(only_first, tol=1e-8, criterion="step"), atol=1e-5)
 
 
 def test_warm_start_needs_init_argument():

@@ -342,7 +342,7 @@ def test_num_coords_above_dimension_fails_at_init():
 def test_zero_size_leaf_contributes_nothing():
   # Issue 13: a (R, 0) leaf (Flax models have them) crashed the gather.
   a = np.random.default_rng(30).normal(size=(R, 5)).astype(np.float32)
-  tx = block_geometric_median_descent(num_coords=2)
+  tx = block_geometric_median_descent(num_coords=2, **GM_KW)
   state = tx.init({"a": jnp.zeros(5), "e": jnp.zeros((0,))})
   out, state = tx.update({"a": a, "e": jnp.zeros((R, 0))}, state)
   assert out["e"].shape == (0,) and state.memory["e"].shape == (0,)
