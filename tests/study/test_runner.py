@@ -87,6 +87,7 @@ def test_a_rerun_resumes_with_nothing_to_do_and_same_rows(full_run, cache):
   assert sorted(map(_key, again)) == sorted(map(_key, rows))
 
 
+@pytest.mark.slow  # compiles a third program (the new attack)
 def test_a_changed_config_runs_only_the_new_cells(full_run, cache):
   out, _, _ = full_run
   changed = CONFIG.replace('attacks = ["sign_flip", "alie"]',
@@ -106,6 +107,7 @@ def _done(path):
     return 0
 
 
+@pytest.mark.slow  # a subprocess that starts JAX and runs part of the grid
 def test_kill_9_mid_grid_then_resume_completes_with_identical_results(
     full_run, tmp_path, cache):
   _, rows, _ = full_run
@@ -178,6 +180,7 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
   assert "--memory must be a positive" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # compiles the chunked program
 def test_memory_budget_chunks_runs_with_the_same_results(full_run, cache):
   _, rows, _ = full_run
   one_cell = CONFIG.replace('num_byzantine = [1, 2]', 'num_byzantine = [1]')
@@ -197,6 +200,7 @@ def test_memory_budget_chunks_runs_with_the_same_results(full_run, cache):
     np.testing.assert_allclose(r["accuracy"], ref["accuracy"], atol=1e-6)
 
 
+@pytest.mark.slow  # compiles the sharded program
 def test_worker_axis_sharded_over_devices_gives_the_same_results(full_run,
                                                                  cache):
   import jax  # pylint: disable=g-import-not-at-top
