@@ -123,3 +123,18 @@ def test_check_functions_reject_nan_and_inf():
     _checks.check_positive("p", NAN, allow_inf=True)
   assert _checks.check_finite("p", -2) == -2.0
   assert math.isclose(_checks.check_fraction("p", 0.25), 0.25)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda f: agg.krum(X, num_byzantine=f), "num_byzantine"),
+    (lambda t: agg.trimmed_mean(X, trim_fraction=t), "trim_fraction"),
+])
+def test_traced_hyperparameter_says_how_to_sweep_it(call, name):
+  # As in a vmapped_runs sweep over a shape-fixing hyperparameter (issue 12).
+  values = jnp.array([1, 2]) if name == "num_byzantine" else jnp.array(
+      [0.1, 0.2])
+  with pytest.raises(ValueError, match=name) as err:
+    jax.vmap(call)(values)
+  msg = str(err.value)
+  assert "traced" in msg and "byzjax.simulation.grid" in msg
+  assert "num_byzantine the swept" in msg

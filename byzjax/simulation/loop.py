@@ -69,7 +69,10 @@ class Simulation:
     data_attack: optional ``(key, x, y) -> (x, y)`` applied to the batch of
       each Byzantine worker before its gradient.
     num_byzantine: how many workers are Byzantine (int or traced scalar, so
-      it can be swept with ``vmap``).
+      it can be swept with ``vmap``). An int must be below ``num_workers``
+      (with every worker Byzantine there is nothing honest to train or
+      measure); a traced value equal to ``num_workers`` runs, and reports
+      the honest ``train_loss`` as NaN.
     redraw_byzantine: draw a new Byzantine set every step (Chen, Su & Xu allow
       this) instead of one fixed set drawn at :func:`init`.
     eval_fn: optional ``eval_fn(params) -> dict[str, scalar]`` run every
@@ -138,9 +141,81 @@ class Simulation:
           f"per_worker_grads must be one of {PER_WORKER_GRADS}, got "
           f"{self.per_worker_grads!r}.")
     _checks.check_int("worker_chunk", self.worker_chunk, low=1)
+    _check_transform("server_tx", self.server_tx,
+                     "optax.chain(byzjax.aggregate(byzjax.aggregators."
+                     "geometric_median), optax.sgd(lr))")
+    if self.worker_tx is not None:
+      _check_transform("worker_tx", self.worker_tx,
+                       "e.g. byzjax.transforms.compress(...) or optax.sgd(lr)")
+    if self.attack is not None:
+      _check_transform("attack", self.attack,
+                       "e.g. byzjax.attacks.alie_attack()")
     if isinstance(self.num_byzantine, int):
       _checks.check_int("num_byzantine", self.num_byzantine, low=0,
                         high=self.num_workers)
+      if self.num_byzantine == self.num_workers:
+        raise ValueError(
+            f"num_byzantine={self.num_byzantine} makes every one of the "
+            f"{self.num_workers} workers Byzantine: no honest worker is left "
+            "to train or to measure the honest loss on. Use num_byzantine < "
+            f"num_workers (at most {self.num_workers - 1}).")
+
+
+def _check_transform(name: str, tx, example: str) -> None:
+  """Refuses a ``tx`` that is not an optax transform, saying what to pass."""
+  if hasattr(tx, "init") and hasattr(tx, "update"):
+    return
+  fn = getattr(tx, "__name__", None)
+  hint = f"pass {example}"
+  from byzjax import attacks  # pylint: disable=g-import-not-at-top
+  if (name == "attack" and callable(tx) and fn is not None
+      and hasattr(attacks, f"{fn}_attack")):
+    hint = (f"pass the transform byzjax.attacks.{fn}_attack() (with the "
+            f"attack's hyperparameters as its arguments), not the pure "
+            f"function byzjax.attacks.{fn}")
+  elif callable(tx) and fn is not None:
+    hint = (f"it is the function {fn!r}: if it builds a transform, call it; "
+            f"otherwise {hint}")
+  raise ValueError(
+      f"{name} must be an optax.GradientTransformation (with init and "
+      f"update), got {tx!r}; {hint}.")
+
+
+def _check_data(sim: "Simulation", data: WorkerData) -> None:
+  """At trace time: the data is split for ``sim.num_workers`` workers."""
+  r = jnp.shape(data.y)[0] if jnp.ndim(data.y) else None
+  if r != sim.num_workers:
+    raise ValueError(
+        f"The data is split for {r} workers (leading axis of data.x/data.y), "
+        f"but the simulation has num_workers={sim.num_workers}. Partition "
+        f"the data for {sim.num_workers} workers (e.g. "
+        f"byzjax.data.iid_partition(..., num_workers={sim.num_workers})) or "
+        f"set Simulation(num_workers={r}).")
+
+
+def _check_server_tx(sim: "Simulation", params: PyTree) -> None:
+  """At trace time: ``server_tx`` maps ``(R, ...)`` updates to params shapes.
+
+  Evaluates only shapes (``jax.eval_shape``). An output that keeps the
+  leading worker axis means the chain has no aggregator.
+  """
+  stacked = jax.tree.map(
+      lambda p: jax.ShapeDtypeStruct((sim.num_workers,) + jnp.shape(p),
+                                     jnp.result_type(p)), params)
+
+  def server_out(u, p):
+    return sim.server_tx.update(u, sim.server_tx.init(p), p)[0]
+
+  out = jax.eval_shape(server_out, stacked, params)
+  want = [tuple(jnp.shape(p)) for p in jax.tree.leaves(params)]
+  got = [tuple(o.shape) for o in jax.tree.leaves(out)]
+  if jax.tree.structure(out) != jax.tree.structure(params) or got != want:
+    raise ValueError(
+        "server_tx must start with an aggregator that maps the stacked "
+        f"updates (leading worker axis R={sim.num_workers}) to one update "
+        f"shaped like the parameters {want}; its output has shapes {got}. "
+        "Put one first, e.g. server_tx=optax.chain(byzjax.aggregate("
+        "byzjax.aggregators.geometric_median), optax.sgd(lr)).")
 
 
 def draw_byzantine(key: jax.Array, num_workers: int,
@@ -156,7 +231,13 @@ def draw_byzantine(key: jax.Array, num_workers: int,
 
 
 def init(sim: Simulation, params: PyTree, key: jax.Array) -> TrainState:
-  """The state before step 0: optimizer states and the Byzantine set."""
+  """The state before step 0: optimizer states and the Byzantine set.
+
+  Raises:
+    ValueError: (at trace time) if ``sim.server_tx`` does not start with an
+      aggregator, i.e. its output keeps the leading worker axis.
+  """
+  _check_server_tx(sim, params)
   key, byz_key = jax.random.split(key)
   worker_state = ()
   if sim.worker_tx is not None:
@@ -261,7 +342,17 @@ def per_worker_value_and_grad(loss_fn: LossFn, params: PyTree, batches: Batch,
 
 def step(sim: Simulation, state: TrainState, data: WorkerData) -> tuple[
     TrainState, jax.Array]:
-  """One training step; returns the new state and the honest mean loss."""
+  """One training step; returns the new state and the honest mean loss.
+
+  The honest mean loss is NaN when no worker is honest (possible only with a
+  traced ``num_byzantine`` equal to ``num_workers``; a Python int is refused
+  by :class:`Simulation`).
+
+  Raises:
+    ValueError: (at trace time) if ``data`` is not split for
+      ``sim.num_workers`` workers.
+  """
+  _check_data(sim, data)
   key, k_byz, k_batch, k_data_attack, k_attack = jax.random.split(state.key, 5)
   byzantine = state.byzantine
   if sim.redraw_byzantine:
@@ -300,7 +391,11 @@ def step(sim: Simulation, state: TrainState, data: WorkerData) -> tuple[
   params = optax.apply_updates(state.params, updates)
 
   honest = (~byzantine).astype(losses.dtype)
-  honest_loss = jnp.sum(losses * honest) / jnp.maximum(jnp.sum(honest), 1.0)
+  num_honest = jnp.sum(honest)
+  # No honest worker (traced num_byzantine = R): NaN, never a plausible 0.0.
+  honest_loss = jnp.where(
+      num_honest > 0,
+      jnp.sum(losses * honest) / jnp.maximum(num_honest, 1.0), jnp.nan)
   new_state = TrainState(params, worker_state, attack_state, server_state,
                          byzantine, key, state.step + 1)
   return new_state, honest_loss
@@ -318,11 +413,12 @@ def run(sim: Simulation, state: TrainState, data: WorkerData,
   Returns:
     ``(final_state, metrics)`` where every metric has shape ``[num_evals]``:
     ``step``, ``train_loss`` (honest workers' mean loss, averaged over the
-    round), the ``eval_fn`` outputs and, when the aggregator keeps
+    round; NaN if no worker is honest, see :func:`step`), the ``eval_fn`` outputs and, when the aggregator keeps
     diagnostics, ``byz_kept``/``honest_dropped``/``byz_weight`` at the
     round's last step.
   """
   _checks.check_int("num_evals", num_evals, low=1)
+  _check_data(sim, data)
 
   def round_fn(state, _):
     state, losses = jax.lax.scan(lambda s, _: step(sim, s, data), state,

@@ -82,6 +82,55 @@ def _stack_like(params: PyTree, num_workers: int) -> PyTree:
                                      jnp.result_type(p)), params)
 
 
+def _shapes_text(tree: PyTree) -> str:
+  return str(jax.tree.map(lambda x: tuple(jnp.shape(x)), tree))
+
+
+def _unstacked_error(expected: str, updates: PyTree) -> ValueError:
+  return ValueError(
+      "byzjax.aggregate expects the updates stacked per worker: every leaf "
+      "shaped (R,) + param.shape, with the same number of workers R for all "
+      f"leaves. Expected {expected}; got leaf shapes "
+      f"{_shapes_text(updates)}. Stack the workers' gradients on a leading "
+      "axis R (e.g. jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, "
+      "batches)); a single, unstacked gradient cannot be aggregated.")
+
+
+def _check_stacked(updates: PyTree, params: PyTree | None,
+                   last: PyTree | None, num_workers: int | None) -> None:
+  """Checks at trace time that ``updates`` are stacked per worker.
+
+  Against ``params`` when ``update`` receives them (optax passes them
+  through :func:`optax.chain`); otherwise against the params-shaped
+  ``state.last`` (``warm_start``) and ``num_workers`` when the state has
+  them; always that every leaf has one common leading axis ``R``. The
+  per-leaf shapes are compared only when ``updates`` has the tree structure
+  of the parameters (a message such as the ``NormMessage`` of
+  :mod:`byzjax.transforms.compress`, whose ``norm`` leaf is ``[R]``, has
+  not).
+  """
+  ref = params if params is not None else last
+  if ref is not None and (jax.tree.structure(updates)
+                          == jax.tree.structure(ref)):
+    shapes = [tuple(jnp.shape(p)) for p in jax.tree.leaves(ref)]
+    got = [tuple(jnp.shape(u)) for u in jax.tree.leaves(updates)]
+    if any(len(g) != len(p) + 1 or g[1:] != p for g, p in zip(got, shapes)):
+      raise _unstacked_error(
+          "(R,) + param.shape for the parameter shapes "
+          f"{_shapes_text(ref)}", updates)
+  leaves = jax.tree.leaves(updates)
+  if any(jnp.ndim(x) == 0 for x in leaves):
+    raise _unstacked_error("a leading worker axis on every leaf", updates)
+  lead = sorted({jnp.shape(x)[0] for x in leaves})
+  if len(lead) > 1:
+    raise _unstacked_error(
+        f"one leading size R for all leaves, not {lead}", updates)
+  if num_workers is not None and lead and lead[0] != num_workers:
+    raise _unstacked_error(
+        f"R = num_workers = {num_workers} (as given to aggregate), not "
+        f"R = {lead[0]}", updates)
+
+
 def aggregate(
     aggregator: Callable[..., Any],
     *,
@@ -119,7 +168,16 @@ def aggregate(
       (the aggregator is traced, shapes only, on a probe input). A
       hyperparameter whose validity depends on the number of workers (e.g.
       Krum's ``num_byzantine``) is checked against ``num_workers`` when it
-      is given, otherwise at the first update.
+      is given, otherwise at the first update. At every ``update`` (at
+      trace time), if the updates are not stacked per worker: against
+      ``params`` when ``update`` receives them (every leaf must be
+      ``(R,) + param.shape``, one ``R`` for all leaves); without ``params``,
+      every leaf must have the same leading axis ``R``, equal to
+      ``num_workers`` when given, and with ``warm_start`` the rest of each
+      shape must match the parameters seen at ``init`` (kept in
+      ``state.last``). The transform keeps no other record of the shapes
+      seen at ``init`` (no hidden Python state, no extra state fields), so
+      pass ``params`` to ``update`` for the full check.
   """
   params = inspect.signature(aggregator).parameters
   accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -157,7 +215,8 @@ def aggregate(
     return AggregateState(last=last, info=info)
 
   def update_fn(updates, state, params_=None, **extra):
-    del params_
+    _check_stacked(updates, params_, state.last if warm_start else None,
+                   num_workers)
     # Warm start: the first step starts from zeros, which Weiszfeld-type
     # aggregators converge from like from any other point.
     agg, info = call(updates, state.last if warm_start else None, extra)

@@ -321,3 +321,64 @@ def test_bad_configuration():
     simulation.shard_workers(_data(), simulation.worker_mesh(3))
   with pytest.raises(ValueError, match="unroll"):
     _sim(unroll=0)
+
+
+def test_mistakes_get_messages_that_say_what_to_do():
+  # Issue 12: data split for another number of workers.
+  sim = _sim()
+  state = simulation.init(sim, _params(), jax.random.key(0))
+  a = jnp.zeros((R + 2, 4, D))
+  wrong = WorkerData(a, a[..., 0], jnp.full((R + 2,), 4, jnp.int32))
+  msg = rf"data is split for {R + 2} workers.*num_workers={R}"
+  with pytest.raises(ValueError, match=msg):
+    jax.eval_shape(functools.partial(simulation.step, sim), state, wrong)
+  with pytest.raises(ValueError, match=msg):
+    jax.eval_shape(functools.partial(simulation.run, sim, num_evals=1),
+                   state, wrong)
+  # server_tx without an aggregator: refused at init, with the fix.
+  no_agg = simulation.Simulation(loss_fn=_loss, server_tx=optax.sgd(0.1),
+                                 num_workers=R, batch_size=4)
+  with pytest.raises(ValueError, match=r"server_tx must start with an "
+                     r"aggregator.*optax\.chain\(byzjax\.aggregate\("
+                     r"byzjax\.aggregators\.geometric_median\), "
+                     r"optax\.sgd\(lr\)\)"):
+    simulation.init(no_agg, _params(), jax.random.key(0))
+  # The pure attack function instead of its transform.
+  with pytest.raises(ValueError, match=r"byzjax\.attacks\.alie_attack\("):
+    _sim(attack=byzjax.attacks.alie)
+  with pytest.raises(ValueError, match="worker_tx must be an optax"):
+    _sim(worker_tx=optax.sgd)
+  with pytest.raises(ValueError, match="server_tx must be an optax"):
+    simulation.Simulation(loss_fn=_loss, server_tx=_mean, num_workers=R,
+                          batch_size=4)
+
+
+def test_all_workers_byzantine():
+  # Issue 12: an int is refused; a traced count reports a NaN honest loss.
+  with pytest.raises(ValueError, match="every one of the 8 workers "
+                     "Byzantine.*num_byzantine < num_workers"):
+    _sim(num_byzantine=R)
+
+  def one_step(f):
+    sim = _sim(num_byzantine=f)
+    state = simulation.init(sim, _params(), jax.random.key(0))
+    return simulation.step(sim, state, _data())[1]
+
+  losses = jax.jit(jax.vmap(one_step))(jnp.array([R - 1, R]))
+  assert np.isfinite(float(losses[0])) and float(losses[0]) > 0
+  assert np.isnan(float(losses[1]))
+
+
+def test_package_docstrings_name_the_entry_points():
+  # Issue 12: help(byzjax.simulation) / help(byzjax.data) list them.
+  for name in ("Simulation", "init", "run", "step", "grid", "vmapped_runs",
+               "enable_compilation_cache", "worker_mesh", "shard_workers",
+               "replicate", "checkpoint"):
+    assert f"`{name}`" in simulation.__doc__, name
+    assert hasattr(simulation, name), name
+  for name in ("load_fashion_mnist", "linear_regression", "gaussian_mixture",
+               "iid_partition", "class_sharded_partition",
+               "dirichlet_partition", "unequal_partition", "shard",
+               "sample_batches", "WorkerData", "Dataset"):
+    assert f"`{name}`" in byzjax.data.__doc__, name
+    assert hasattr(byzjax.data, name), name

@@ -156,3 +156,34 @@ def test_array_hyperparameters_are_not_checked_against_the_probe():
   chex.assert_trees_all_equal_shapes(shapes[0], _params())
   with pytest.raises(ValueError, match="weights"):
     jax.eval_shape(tx.update, _stacked(jax.random.key(5), r=5), state)
+
+
+def test_unstacked_gradient_is_refused_naming_the_shapes():
+  # Issue 12: a plain gradient (no worker axis) used to be aggregated along
+  # its first axis and broadcast over the parameters by apply_updates.
+  tx = optax.chain(byzjax.aggregate(geometric_median), optax.sgd(0.1))
+  params = {"w": jnp.zeros(5)}
+  state = tx.init(params)
+  plain = {"w": jnp.ones(5)}
+  with pytest.raises(ValueError, match=r"stacked per worker.*\(R,\) \+ "
+                     r"param\.shape.*\{'w': \(5,\)\}.*leading axis R"):
+    jax.eval_shape(tx.update, plain, state, params)
+  # One R for all leaves, checked with params ...
+  mixed = {"w": jnp.ones((6, 3, 4)), "b": jnp.ones((5, 4))}
+  with pytest.raises(ValueError, match="stacked per worker"):
+    jax.eval_shape(tx.update, mixed, tx.init(_params()), _params())
+  # ... and without them: leading axes differ, or disagree with num_workers
+  # or with the params seen at init (kept by warm_start).
+  plain2 = jax.tree.map(jnp.ones_like, _params())  # leading sizes 3 and 4
+  bare = byzjax.aggregate(geometric_median)
+  with pytest.raises(ValueError, match=r"one leading size R.*\[3, 4\]"):
+    jax.eval_shape(bare.update, plain2, bare.init(_params()))
+  counted = byzjax.aggregate(geometric_median, num_workers=6)
+  with pytest.raises(ValueError, match="num_workers = 6.*R = 5"):
+    jax.eval_shape(counted.update, {"w": jnp.ones(5)}, counted.init(params))
+  warm = byzjax.aggregate(geometric_median, warm_start=True)
+  with pytest.raises(ValueError, match=r"\(R,\) \+ param\.shape"):
+    jax.eval_shape(warm.update, plain, warm.init(params))
+  # Correctly stacked updates pass, with or without params.
+  out = jax.eval_shape(tx.update, {"w": jnp.ones((4, 5))}, state, params)[0]
+  chex.assert_trees_all_equal_shapes(out, params)
