@@ -97,6 +97,7 @@ def test_inputs_have_the_intended_difficulty():
   assert 20 <= iters["hard"] < bench.MAX_ITERS, iters
 
 
+@pytest.mark.slow  # several compilations; the default suite keeps a sibling
 @pytest.mark.parametrize("kind", bench.INPUTS)
 @pytest.mark.parametrize("case_name", _case_params())
 def test_jax_matches_numpy_reference(case_name, kind, request):
@@ -140,6 +141,7 @@ def test_rel_err_and_passes_helpers():
                                                               / 4000.0)
 
 
+@pytest.mark.slow  # end-to-end or many compilations; run with -m slow
 def test_end_to_end_writes_the_table(tmp_path, capsys):
   rows = bench.main(["--out", str(tmp_path), "--sizes", "tiny", "--repeats",
                      "1", "--only", "coordinate_median",

@@ -1,5 +1,6 @@
 """Smoke test of experiments/benchmarks/conv_loop.py (no timing asserted)."""
 
+import pytest
 import json
 
 from tests import helpers
@@ -8,6 +9,7 @@ bench = helpers.load_script("experiments/benchmarks/conv_loop.py",
                             "_bench_conv_loop")
 
 
+@pytest.mark.slow  # end-to-end or many compilations; run with -m slow
 def test_quick_run_writes_one_row_per_mode(tmp_path):
   rows = bench.main(["--quick", "--out", str(tmp_path), "--steps", "2",
                      "--repeats", "1"])

@@ -74,6 +74,7 @@ def test_notebook_is_committed_without_outputs(path):
                      "them before committing")
 
 
+@pytest.mark.slow  # end-to-end or many compilations; run with -m slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes_without_errors(path, kernel_env, monkeypatch):
   nb = _execute(path, kernel_env, monkeypatch)
@@ -99,6 +100,7 @@ def test_notebook_executes_without_errors(path, kernel_env, monkeypatch):
                for o in _outputs(nb, "display_data"))
 
 
+@pytest.mark.slow  # end-to-end or many compilations; run with -m slow
 def test_a_failing_cell_fails_the_run(tmp_path, kernel_env, monkeypatch):
   """The harness itself: an error in any cell must surface as a failure."""
   nb = nbformat.v4.new_notebook()

@@ -139,6 +139,7 @@ def test_numpy_train_rejects_unknown_aggregator():
                       steps=1, batch_size=B, lr=0.1, aggregator="krum")
 
 
+@pytest.mark.slow  # end-to-end or many compilations; run with -m slow
 def test_benchmark_end_to_end_tiny(tmp_path):
   # Compilation dominates at this size (seconds per program on two shared
   # cores), so the geometric-median scan, the extra AOT vmap program and the

@@ -16,6 +16,7 @@ bench = helpers.load_script("experiments/benchmarks/vs_peers.py",
                             "_bench_vs_peers")
 
 
+@pytest.mark.slow  # end-to-end or many compilations; run with -m slow
 def test_small_run_agrees_and_writes_tables(tmp_path):
   rows = bench.main(["--out", str(tmp_path), "--sizes", "small", "--repeats",
                      "1", "--inputs", "hard", "--only", "gm",

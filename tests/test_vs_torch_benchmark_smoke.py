@@ -54,6 +54,7 @@ def _check_run(tmp_path, workloads):
   return rows
 
 
+@pytest.mark.slow  # end-to-end or many compilations; run with -m slow
 def test_quick_small_workload(tmp_path):
   rows = _check_run(tmp_path, ["small"])
   assert rows[0]["roofline_ms"] > 0

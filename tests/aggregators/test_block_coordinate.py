@@ -221,6 +221,7 @@ def test_block_gm_matches_numpy(jit, k):
                              rtol=1e-5)
 
 
+@pytest.mark.slow  # end-to-end or many compilations; run with -m slow
 def test_full_block_is_the_geometric_median():
   x = _data(9)
   t = helpers.split_leaves(x)
@@ -243,6 +244,7 @@ def test_block_fraction_rounds_up():
   assert info.indices.shape == (12,)
 
 
+@pytest.mark.slow  # several compilations; the default suite keeps a sibling
 def test_pytree_equals_flat():
   x = _data(11)
   flat = block_geometric_median({"w": x}, num_coords=12, **GM_KW)["w"]

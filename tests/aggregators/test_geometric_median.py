@@ -54,6 +54,7 @@ def test_optimality_condition(method):
   assert np.linalg.norm(units.sum(axis=0)) < 1e-2 * len(x) ** 0.5
 
 
+@pytest.mark.slow  # several compilations; the default suite keeps a sibling
 @pytest.mark.parametrize("method", METHODS)
 def test_same_answer_from_any_start(method):
   x = np.random.default_rng(2).normal(size=(15, 6)).astype(np.float32)
@@ -278,6 +279,7 @@ def test_default_rule_with_far_rows_still_converges():
     assert err <= 1e-2 * spread, (bad, err / spread)
 
 
+@pytest.mark.slow  # end-to-end or many compilations; run with -m slow
 def test_in_place_and_standardized_paths_agree():
   """Benign rows use the in-place path; one erased row sends the same rows
   through the standardized path, which must give the same median."""

@@ -123,6 +123,7 @@ def _check_against_oracle(out, info, want, ref):
   assert bool(info.converged) == (ref["stat"] <= ref["threshold"])
 
 
+@pytest.mark.slow  # several compilations; the default suite keeps a sibling
 def test_max_rounds_bounds_the_filter():
   x = _attacked(np.random.default_rng(1))
   x[5] = np.inf

@@ -94,6 +94,7 @@ def test_same_key_same_run_bit_for_bit():
                             np.asarray(c["train_loss"]))
 
 
+@pytest.mark.slow  # end-to-end or many compilations; run with -m slow
 @pytest.mark.parametrize("unroll", [True, 3])
 def test_unrolled_rounds_follow_the_same_trajectory(unroll):
   # Two rounds as one scan, and as two single-round calls (no outer loop)
@@ -206,6 +207,7 @@ def test_vmapped_sweep_matches_single_runs():
   np.testing.assert_allclose(metrics["err"][1, 1], single["err"], rtol=1e-5)
 
 
+@pytest.mark.slow  # several compilations; the default suite keeps a sibling
 def test_chunked_sweep_matches_unchunked_and_logs_progress():
   def build(hp, key):
     sim = _sim(lr=hp["lr"])

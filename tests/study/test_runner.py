@@ -40,7 +40,7 @@ CONFIG = textwrap.dedent("""
     [grid]
     heterogeneity = ["iid", "gamma:0.2"]
     defenses = ["mean"]
-    attacks = ["sign_flip", "alie"]
+    attacks = ["alie"]
     """)
 
 
@@ -65,14 +65,14 @@ def _key(r):
 
 def test_rows_cover_the_grid_and_are_plausible(full_run):
   out, rows, lines = full_run
-  # 2 het x 2 f x 1 defense x 2 attacks x 2 lr x 2 seeds x 2 rounds.
-  assert len(rows) == 2 * 2 * 1 * 2 * 2 * 2 * 2
+  # 2 het x 2 f x 1 defense x 1 attack x 2 lr x 2 seeds x 2 rounds.
+  assert len(rows) == 2 * 2 * 1 * 1 * 2 * 2 * 2
   assert len({_key(r) for r in rows}) == len(rows)
   acc = np.array([r["accuracy"] for r in rows])
   assert np.all((acc >= 0) & (acc <= 1))
   assert {r["step"] for r in rows} == {3, 6}
   assert all(r["num_workers"] == 6 for r in rows)
-  assert any("[1/8]" in line for line in lines)
+  assert any("[1/4]" in line for line in lines)
   for name in ("results.sqlite", "results.csv", "report.md",
                "worst_case.csv"):
     assert os.path.exists(os.path.join(out, name)), name
@@ -90,13 +90,13 @@ def test_a_rerun_resumes_with_nothing_to_do_and_same_rows(full_run, cache):
 @pytest.mark.slow  # compiles a third program (the new attack)
 def test_a_changed_config_runs_only_the_new_cells(full_run, cache):
   out, _, _ = full_run
-  changed = CONFIG.replace('attacks = ["sign_flip", "alie"]',
-                           'attacks = ["sign_flip", "alie", "bit_flip"]')
+  changed = CONFIG.replace('attacks = ["alie"]',
+                           'attacks = ["alie", "bit_flip"]')
   lines = []
   rows = study.run(changed, out, cache_dir=cache, progress=False,
                    log=lines.append, as_dataframe=False, report=False)
-  assert any("4 of 12 cells to run" in line for line in lines), lines
-  assert {r["attack"] for r in rows} == {"sign_flip", "alie", "bit_flip"}
+  assert any("4 of 8 cells to run" in line for line in lines), lines
+  assert {r["attack"] for r in rows} == {"alie", "bit_flip"}
 
 
 def _done(path):
@@ -127,13 +127,13 @@ def test_kill_9_mid_grid_then_resume_completes_with_identical_results(
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   finished = _done(store_path)
-  assert 1 <= finished < 8, f"kill landed after {finished} of 8 cells"
+  assert 1 <= finished < 4, f"kill landed after {finished} of 4 cells"
   before = store_lib.Store(store_path).rows()
   lines = []
   resumed = study.run(str(config_path), str(out), cache_dir=cache,
                       progress=False, log=lines.append, as_dataframe=False,
                       report=False)
-  assert any(f"{8 - finished} of 8 cells to run" in line for line in lines)
+  assert any(f"{4 - finished} of 4 cells to run" in line for line in lines)
   assert len(resumed) == len(rows)
   by_key = {_key(r): r for r in rows}
   # Cells finished before the kill are kept as they were, and every cell
@@ -151,10 +151,10 @@ def test_cli_dry_run_lists_cells_and_programs(tmp_path, capsys):
   assert cli.main(["run", str(path), "--out", str(tmp_path / "o"),
                    "--dry-run"]) == 0
   text = capsys.readouterr().out
-  assert "8 cells (0 done, 8 to run)" in text
+  assert "4 cells (0 done, 4 to run)" in text
   # The mean ignores f and the two heterogeneity settings share shapes: one
-  # program per attack.
-  assert "2 compiled programs" in text
+  # program for the whole grid.
+  assert "1 compiled programs" in text
   assert "Estimated time" in text
   assert not os.path.exists(tmp_path / "o")
 
@@ -186,8 +186,6 @@ def test_memory_budget_chunks_runs_with_the_same_results(full_run, cache):
   one_cell = CONFIG.replace('num_byzantine = [1, 2]', 'num_byzantine = [1]')
   one_cell = one_cell.replace('heterogeneity = ["iid", "gamma:0.2"]',
                               'heterogeneity = ["iid"]')
-  one_cell = one_cell.replace('attacks = ["sign_flip", "alie"]',
-                              'attacks = ["alie"]')
   chunked = study.run(one_cell, None, cache_dir=cache, progress=False,
                       log=lambda s: None, as_dataframe=False,
                       memory_gb=1e-9)  # one run at a time
@@ -210,7 +208,6 @@ def test_worker_axis_sharded_over_devices_gives_the_same_results(full_run,
   one = CONFIG.replace('num_byzantine = [1, 2]', 'num_byzantine = [2]')
   one = one.replace('heterogeneity = ["iid", "gamma:0.2"]',
                     'heterogeneity = ["iid"]')
-  one = one.replace('attacks = ["sign_flip", "alie"]', 'attacks = ["alie"]')
   sharded = study.run(one, None, cache_dir=cache, progress=False,
                       log=lambda s: None, as_dataframe=False, devices=2)
   assert len(sharded) == 2 * 2 * 2

@@ -217,6 +217,7 @@ def test_memory_telescopes():
                              atol=1e-4)
 
 
+@pytest.mark.slow  # several compilations; the default suite keeps a sibling
 def test_full_block_is_the_full_median_with_no_memory():
   grads = _grads(4, steps=3)
   tx = block_geometric_median_descent(D, **GM_KW)
@@ -253,6 +254,7 @@ def test_huge_rows_keep_everything_finite(big):
     chex.assert_tree_all_finite((state, params))
 
 
+@pytest.mark.slow  # several compilations; the default suite keeps a sibling
 def test_memory_clip_bounds_a_byzantine_residual():
   grads = _grads(7)
   for g in grads:
