@@ -216,9 +216,12 @@ def _final_summary(rows, metric, higher):
   last = max(r["round"] for r in rows)
   best = None
   for lr in sorted({r["learning_rate"] for r in rows}):
-    vals = np.array([r[metric] for r in rows
-                     if r["round"] == last and r["learning_rate"] == lr], float)
-    if not np.all(np.isfinite(vals)):
+    final = [r for r in rows if r["round"] == last and r["learning_rate"] == lr]
+    vals = np.array([r[metric] for r in final], float)
+    # A run whose loss is NaN/Inf diverged even if its accuracy is finite
+    # (NaN parameters classify everything as one class), as in the report.
+    loss = np.array([r["train_loss"] for r in final], float)
+    if not (np.all(np.isfinite(vals)) and np.all(np.isfinite(loss))):
       continue
     m = float(np.mean(vals))
     if best is None or (m > best if higher else m < best):
