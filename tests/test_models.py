@@ -214,6 +214,7 @@ def test_classifier_loss_weight_decay_and_grad():
       b - a, 0.1 * p, rtol=1e-4, atol=1e-6), g_plain, g_decay, params)
 
 
+@pytest.mark.slow  # several compilations; keeps the default suite under 5 min
 def test_per_worker_gradients_under_vmap():
   """The simulator's use: vmap(grad(loss)) over stacked worker batches."""
   fns = models.make_classifier(models.LeNet(channels=(2, 3), hidden=8))

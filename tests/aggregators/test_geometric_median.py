@@ -154,6 +154,7 @@ def test_info_fields():
   assert not bool(info.converged)
 
 
+@pytest.mark.slow  # several compilations; keeps the default suite under 5 min
 def test_auto_switches_to_gram_on_slow_inputs():
   """Many iterations needed: auto runs the Gram phase and stops the direct
   loop after the predicted break-even number of direct iterations."""

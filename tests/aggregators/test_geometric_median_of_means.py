@@ -144,6 +144,7 @@ def test_translation_equivariant():
                              atol=2e-4)
 
 
+@pytest.mark.slow  # several compilations; keeps the default suite under 5 min
 def test_pytree_equals_flat():
   x = _data(5, num=10, dim=9)
   flat, _ = _gmom(x, 4)

@@ -146,6 +146,7 @@ def test_checkpoint_rejects_wrong_template(tmp_path):
     simulation.checkpoint.restore(path, {"b": jnp.ones(3)})
 
 
+@pytest.mark.slow  # several compilations; keeps the default suite under 5 min
 def test_byzantine_sets():
   fixed = simulation.init(_sim(num_byzantine=3), _params(), jax.random.key(6))
   assert int(fixed.byzantine.sum()) == 3
