@@ -41,6 +41,7 @@ import optax
 from byzjax import _checks
 from byzjax import tree as btree
 from byzjax._public import public
+from byzjax.transforms._stateless import stateless_map
 
 PyTree = Any
 
@@ -266,15 +267,7 @@ def clipping(max_norm: float) -> optax.GradientTransformationExtraArgs:
   """
   _checks.check_positive("max_norm", max_norm, allow_inf=True)
 
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    return clip(updates, max_norm=max_norm), state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return stateless_map(clip, max_norm=max_norm)
 
 
 def arc(num_byzantine: int) -> optax.GradientTransformationExtraArgs:
@@ -302,12 +295,4 @@ def arc(num_byzantine: int) -> optax.GradientTransformationExtraArgs:
   """
   _checks.check_int("num_byzantine", num_byzantine, low=0)
 
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    return adaptive_robust_clip(updates, num_byzantine=num_byzantine), state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return stateless_map(adaptive_robust_clip, num_byzantine=num_byzantine)

@@ -49,6 +49,7 @@ import optax
 from byzjax import _checks
 from byzjax import tree as btree
 from byzjax._public import public
+from byzjax.transforms._stateless import stateless_map
 from byzjax.aggregators.krum import _pairwise_sq_dists
 
 PyTree = Any
@@ -186,12 +187,4 @@ def nnm(num_byzantine: int) -> optax.GradientTransformationExtraArgs:
   """
   _checks.check_int("num_byzantine", num_byzantine, low=0)
 
-  def init_fn(params):
-    del params
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    return nearest_neighbor_mixing(updates, num_byzantine=num_byzantine), state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return stateless_map(nearest_neighbor_mixing, num_byzantine=num_byzantine)
