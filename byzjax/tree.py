@@ -449,6 +449,22 @@ def exact_row_norms(stacked: PyTree) -> tuple[jax.Array, jax.Array]:
   return _row_norms(stacked)
 
 
+def column_chunking() -> bool:
+  """Whether the one-read kernels below may walk the columns in blocks.
+
+  Blocked loops (``lax.fori_loop`` over dynamic column slices) keep a block
+  in cache on one device, but if the parameter axis is sharded over devices
+  they make XLA gather the whole ``R x d`` updates onto every device. Under
+  ``jax.set_mesh(mesh)`` with more than one device (how a model too large
+  for one device is traced, its parameter axis sharded) the kernels use
+  whole-array operations instead, which XLA partitions along the parameter
+  axis: a Gram-based aggregator then moves only ``R x R`` and ``[R]``
+  all-reduces between devices.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  return mesh.empty or mesh.size <= 1
+
+
 # Columns per block of `chunked_gram`: a 128 x 4096 float32 block is 2 MB,
 # so the centred block stays in cache between its subtraction and its
 # product (measured fastest of 2**12..2**16 on the 2-core development CPU).
@@ -493,6 +509,8 @@ def chunked_gram(stacked: PyTree, scale: jax.Array | float = 1.0,
     return gram, jnp.maximum(mabs, jnp.max(jnp.abs(rows), axis=1))
 
   acc = (jnp.zeros((r, r), dtype), jnp.zeros((r,), dtype))
+  if not column_chunking():
+    chunk = max([1] + [x.shape[1] for x in leaves])
   for rows in leaves:
     n = rows.shape[1]
     full = n // chunk
@@ -527,7 +545,7 @@ def weighted_sum_centered(weights: jax.Array, stacked: PyTree, center: PyTree,
     c = jnp.reshape(c, (-1,)).astype(x.dtype)
     w = weights.astype(x.dtype)
     n = rows.shape[1]
-    full = n // chunk
+    full = n // chunk if column_chunking() else 0
 
     def part(start, size):
       blk = (jax.lax.dynamic_slice_in_dim(rows, start, size, axis=1)
@@ -563,7 +581,7 @@ def sq_dists_centered(stacked: PyTree, center: PyTree, point: PyTree,
     p = jnp.reshape(p, (-1,)).astype(x.dtype)
     s = jnp.asarray(scale, x.dtype)
     n = rows.shape[1]
-    full = n // chunk
+    full = n // chunk if column_chunking() else 0
 
     def part(start, size):
       u = ((jax.lax.dynamic_slice_in_dim(rows, start, size, axis=1)

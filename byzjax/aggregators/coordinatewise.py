@@ -56,16 +56,26 @@ class MeanInfo(NamedTuple):
 
 
 class CoordinateMedianInfo(NamedTuple):
-  """Diagnostics of :func:`coordinate_median`."""
-  live: jax.Array      # bool, shape [R]
-  num_live: jax.Array  # int32, shape (): n, the number of live workers
+  """Diagnostics of :func:`coordinate_median`.
+
+  ``weights`` and ``kept_fraction`` say how much of the aggregate each worker
+  supplied (see :func:`_window_shares`): per coordinate, the workers whose
+  value is a middle value share that coordinate equally.
+  """
+  live: jax.Array           # bool, shape [R]
+  num_live: jax.Array       # int32, shape (): n, the number of live workers
+  weights: jax.Array        # float, shape [R]: mean share over coordinates
+  kept_fraction: jax.Array  # float, shape [R]: fraction of coordinates kept
 
 
 class TrimmedMeanInfo(NamedTuple):
-  """Diagnostics of :func:`trimmed_mean`."""
-  live: jax.Array         # bool, shape [R]
-  num_live: jax.Array     # int32, shape (): n
-  num_trimmed: jax.Array  # int32, shape (): b = floor(beta * n), per side
+  """Diagnostics of :func:`trimmed_mean` (``weights``, ``kept_fraction``:
+  as in :class:`CoordinateMedianInfo`, for the untrimmed window)."""
+  live: jax.Array           # bool, shape [R]
+  num_live: jax.Array       # int32, shape (): n
+  num_trimmed: jax.Array    # int32, shape (): b = floor(beta * n), per side
+  weights: jax.Array        # float, shape [R]: mean share over coordinates
+  kept_fraction: jax.Array  # float, shape [R]: fraction of coordinates kept
 
 
 # --------------------------------------------------------------------------
@@ -177,15 +187,21 @@ def _sorted_block(rows: jax.Array, keep: jax.Array, method: str) -> jax.Array:
 
 def _reduce_rows(rows: jax.Array, keep: jax.Array, reduce_fn: Callable,
                  method: str) -> jax.Array:
-  """``reduce_fn(sorted columns)`` for ``rows`` ``[R, n]``, chunk by chunk."""
+  """``reduce_fn(sorted columns)`` for ``rows`` ``[R, n]``, chunk by chunk.
+
+  ``reduce_fn`` maps sorted columns ``[P, c]`` to ``[k, c]`` (``k`` values
+  per column); the result is ``[k, n]``.
+  """
   r, n = rows.shape
   if method == "sort":
     return reduce_fn(_sorted_block(rows, keep, method))
   p = 1 << max(r - 1, 0).bit_length()
   chunk = max(_MIN_CHUNK, _CHUNK_BYTES // (p * rows.dtype.itemsize))
-  if n <= chunk:
+  if n <= chunk or not btree.column_chunking():
     return reduce_fn(_sorted_block(rows, keep, method))
   num_chunks = -(-n // chunk)
+  k = jax.eval_shape(reduce_fn, jax.ShapeDtypeStruct((p, chunk),
+                                                     rows.dtype)).shape[0]
 
   def body(i, out):
     # The last chunk is shifted left to end at n; the overlap is recomputed
@@ -193,13 +209,14 @@ def _reduce_rows(rows: jax.Array, keep: jax.Array, reduce_fn: Callable,
     start = jnp.minimum(i * chunk, n - chunk)
     block = jax.lax.dynamic_slice_in_dim(rows, start, chunk, axis=1)
     value = reduce_fn(_sorted_block(block, keep, method))
-    return jax.lax.dynamic_update_slice_in_dim(out, value, start, axis=0)
+    return jax.lax.dynamic_update_slice_in_dim(out, value, start, axis=1)
 
-  return jax.lax.fori_loop(0, num_chunks, body, jnp.zeros((n,), rows.dtype))
+  return jax.lax.fori_loop(0, num_chunks, body,
+                           jnp.zeros((k, n), rows.dtype))
 
 
 def _sorted_map(stacked: PyTree, keep: jax.Array, reduce_fn: Callable, *,
-               method: str | None = None) -> PyTree:
+               method: str | None = None) -> PyTree | tuple[PyTree, ...]:
   """Applies a per-coordinate order-statistic reduction to every leaf.
 
   Args:
@@ -208,12 +225,14 @@ def _sorted_map(stacked: PyTree, keep: jax.Array, reduce_fn: Callable, *,
     keep: boolean ``[R]``: the rows that take part.
     reduce_fn: maps a block of sorted columns ``[P, c]`` (``P >= R``; in each
       column the ``sum(keep)`` kept values ascending, then ``+inf``) to one
-      value per column ``[c]``. It must act column by column.
+      value per column ``[c]``, or to a tuple of such values (several
+      statistics from one sort). It must act column by column.
     method: ``"network"`` (bitonic network, chunked; the CPU default) or
       ``"sort"`` (:func:`jax.numpy.sort` on axis 0; other backends).
 
   Returns:
-    A pytree shaped like one worker's update.
+    A pytree shaped like one worker's update, or a tuple of them when
+    ``reduce_fn`` returns a tuple.
 
   Leaves with at most one chunk of coordinates are concatenated (per dtype)
   and reduced together, so a model with many small leaves compiles one
@@ -223,6 +242,14 @@ def _sorted_map(stacked: PyTree, keep: jax.Array, reduce_fn: Callable, *,
   leaves, treedef = jax.tree.flatten(stacked)
   r = keep.shape[0]
   p = 1 << max(r - 1, 0).bit_length()
+  probe = jax.eval_shape(reduce_fn, jax.ShapeDtypeStruct(
+      (p if method == "network" else r, 1), jnp.float32))
+  multi = isinstance(probe, tuple)
+
+  def stacked_fn(s):
+    value = reduce_fn(s)
+    return jnp.stack(value) if multi else value[None]
+
   outs = [None] * len(leaves)
   small = {}
   for idx, leaf in enumerate(leaves):
@@ -231,18 +258,21 @@ def _sorted_map(stacked: PyTree, keep: jax.Array, reduce_fn: Callable, *,
     if method == "network" and rows.shape[1] <= chunk:
       small.setdefault(rows.dtype, []).append(idx)
     else:
-      outs[idx] = _reduce_rows(rows, keep, reduce_fn, method)
+      outs[idx] = _reduce_rows(rows, keep, stacked_fn, method)
   for group in small.values():
     rows = [jnp.reshape(leaves[i], (r, -1)) for i in group]
     joined = rows[0] if len(rows) == 1 else jnp.concatenate(rows, axis=1)
-    value = _reduce_rows(joined, keep, reduce_fn, method)
+    value = _reduce_rows(joined, keep, stacked_fn, method)
     offset = 0
     for i, x in zip(group, rows):
-      outs[i] = value[offset:offset + x.shape[1]]
+      outs[i] = value[:, offset:offset + x.shape[1]]
       offset += x.shape[1]
-  outs = [jnp.reshape(o, jnp.shape(leaf)[1:]).astype(leaf.dtype)
-          for o, leaf in zip(outs, leaves)]
-  return jax.tree.unflatten(treedef, outs)
+  trees = tuple(
+      jax.tree.unflatten(treedef, [
+          jnp.reshape(o[j], jnp.shape(leaf)[1:]).astype(leaf.dtype)
+          for o, leaf in zip(outs, leaves)])
+      for j in range(outs[0].shape[0] if outs else 1))
+  return trees if multi else trees[0]
 
 
 def _median_of_sorted(s: jax.Array, n: jax.Array) -> jax.Array:
@@ -276,6 +306,36 @@ def _window_mean_of_sorted(s: jax.Array, start: jax.Array,
   factor = jnp.ldexp(jnp.ones([], s.dtype), e) / jnp.maximum(count, 1).astype(
       s.dtype)
   return jnp.where(count > 0, total * factor, 0)
+
+
+def _window_shares(updates: PyTree, live: jax.Array, lo: PyTree,
+                   hi: PyTree) -> tuple[jax.Array, jax.Array]:
+  """Per-worker shares of a coordinate-wise window ``[lo, hi]``.
+
+  Worker ``i`` is kept at coordinate ``k`` when it is live and
+  ``lo_k <= x_ik <= hi_k`` (the order statistics that bound the values a
+  coordinate-wise rule averages). Returns ``(weights, kept_fraction)``,
+  both ``[R]``: ``kept_fraction[i]`` is the fraction of coordinates at which
+  worker ``i`` is kept, and ``weights[i]`` the mean over coordinates of
+  ``1 / m_k`` where kept (``m_k`` workers kept at coordinate ``k``), i.e.
+  the share of the aggregate that worker ``i`` supplied; the weights sum
+  to one when any worker is live. A value tied with the window's edge
+  counts as kept, so with ties ``m_k`` can exceed the window's size.
+  """
+  leaves = jax.tree.leaves(updates)
+  r = live.shape[0]
+  d = sum(math.prod(jnp.shape(x)[1:]) for x in leaves)
+  weights = jnp.zeros([r], jnp.float32)
+  count = jnp.zeros([r], jnp.float32)
+  for x, a, b in zip(leaves, jax.tree.leaves(lo), jax.tree.leaves(hi)):
+    x = jnp.reshape(x, (r, -1))
+    kept = (live[:, None] & (x >= jnp.reshape(a, (1, -1)))
+            & (x <= jnp.reshape(b, (1, -1)))).astype(jnp.float32)
+    m = jnp.ones([r], jnp.float32) @ kept
+    weights = weights + kept @ jnp.where(m > 0, 1 / jnp.maximum(m, 1), 0)
+    count = count + kept @ jnp.ones([x.shape[1]], jnp.float32)
+  d = max(d, 1)
+  return weights / d, count / d
 
 
 # --------------------------------------------------------------------------
@@ -385,10 +445,19 @@ def coordinate_median(
   btree.num_workers(updates)
   live = btree.live_workers(updates)
   n = jnp.sum(live, dtype=jnp.int32)
-  out = _sorted_map(updates, live, lambda s: _median_of_sorted(s, n))
   if not return_info:
-    return out
-  return out, CoordinateMedianInfo(live=live, num_live=n)
+    return _sorted_map(updates, live, lambda s: _median_of_sorted(s, n))
+
+  def median_and_window(s):
+    lo_idx, hi_idx = jnp.maximum((n - 1) // 2, 0), jnp.maximum(n // 2, 0)
+    return (_median_of_sorted(s, n),
+            jax.lax.dynamic_index_in_dim(s, lo_idx, 0, keepdims=False),
+            jax.lax.dynamic_index_in_dim(s, hi_idx, 0, keepdims=False))
+
+  out, lo, hi = _sorted_map(updates, live, median_and_window)
+  weights, kept = _window_shares(updates, live, lo, hi)
+  return out, CoordinateMedianInfo(live=live, num_live=n, weights=weights,
+                                   kept_fraction=kept)
 
 
 @public
@@ -448,8 +517,17 @@ def trimmed_mean(
   table = jnp.asarray([_floor_count(beta, k) for k in range(r + 1)], jnp.int32)
   b = table[n]
   count = n - 2 * b
-  out = _sorted_map(updates, live,
-                    lambda s: _window_mean_of_sorted(s, b, count))
   if not return_info:
-    return out
-  return out, TrimmedMeanInfo(live=live, num_live=n, num_trimmed=b)
+    return _sorted_map(updates, live,
+                       lambda s: _window_mean_of_sorted(s, b, count))
+
+  def mean_and_window(s):
+    last = jnp.maximum(n - b - 1, 0)
+    return (_window_mean_of_sorted(s, b, count),
+            jax.lax.dynamic_index_in_dim(s, b, 0, keepdims=False),
+            jax.lax.dynamic_index_in_dim(s, last, 0, keepdims=False))
+
+  out, lo, hi = _sorted_map(updates, live, mean_and_window)
+  weights, kept = _window_shares(updates, live, lo, hi)
+  return out, TrimmedMeanInfo(live=live, num_live=n, num_trimmed=b,
+                              weights=weights, kept_fraction=kept)

@@ -32,6 +32,8 @@ class GeometricMedianOfMeansInfo(NamedTuple):
   trim_fallback: jax.Array  # bool, shape (): trimming would have removed
                             # every group, so none was trimmed
   median_info: WeiszfeldInfo  # of the geometric median of the group means
+  weights: jax.Array | None = None  # float, shape [R]: each worker's share,
+                            # its group's Weiszfeld weight / group size
 
 
 def group_slots(num_workers: int, num_groups: int) -> np.ndarray:
@@ -185,5 +187,6 @@ def geometric_median_of_means(
     return median
   info = GeometricMedianOfMeansInfo(
       group=group, group_counts=counts.astype(jnp.int32), group_norms=norms,
-      group_kept=kept, trim_fallback=fallback, median_info=gm_info)
+      group_kept=kept, trim_fallback=fallback, median_info=gm_info,
+      weights=jnp.dot(gm_info.weights.astype(dtype), avg))
   return median, info

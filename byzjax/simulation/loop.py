@@ -24,6 +24,9 @@ from byzjax import _checks
 from byzjax.data.partition import WorkerData
 from byzjax.data.sampling import sample_batches
 from byzjax.transforms.aggregate import AggregateState
+from byzjax.transforms.bucketing import BucketingState
+from byzjax.transforms.bucketing import bucket_of_workers
+from byzjax.transforms.centered_clipping import CenteredClippingState
 
 PyTree = Any
 Batch = tuple[jax.Array, jax.Array]
@@ -259,11 +262,25 @@ def init(sim: Simulation, params: PyTree, key: jax.Array) -> TrainState:
 
 
 def aggregator_infos(server_state: optax.OptState) -> list[Any]:
-  """The ``info`` of every :class:`AggregateState` inside a server state."""
+  """The diagnostics ``info`` of every aggregator inside a server state.
+
+  From :class:`~byzjax.transforms.aggregate.AggregateState` (``aggregate``
+  with ``num_workers``) and
+  :class:`~byzjax.transforms.centered_clipping.CenteredClippingState`
+  (``centered_clipping`` with ``num_workers``), in chain order.
+  """
+  kinds = (AggregateState, CenteredClippingState)
   found = [s for s in jax.tree.leaves(
-      server_state, is_leaf=lambda s: isinstance(s, AggregateState))
-           if isinstance(s, AggregateState) and s.info is not None]
+      server_state, is_leaf=lambda s: isinstance(s, kinds))
+           if isinstance(s, kinds) and s.info is not None]
   return [s.info for s in found]
+
+
+def _bucketing_state(server_state: optax.OptState) -> BucketingState | None:
+  found = [s for s in jax.tree.leaves(
+      server_state, is_leaf=lambda s: isinstance(s, BucketingState))
+           if isinstance(s, BucketingState) and s.last_key is not None]
+  return found[0] if found else None
 
 
 def byzantine_diagnostics(server_state: optax.OptState,
@@ -271,26 +288,59 @@ def byzantine_diagnostics(server_state: optax.OptState,
   """How many Byzantine workers the aggregator kept, and their weight share.
 
   Read from the first aggregator info in the server state that has a
-  per-worker kept mask (``kept``/``selected``/``active``) or ``weights``;
-  empty when the aggregator keeps no diagnostics (``aggregate`` without
-  ``num_workers``).
+  per-worker kept mask (``kept``/``selected``/``active``: ``byz_kept``,
+  ``honest_dropped``) or ``weights`` (``byz_weight``, the Byzantine workers'
+  share of the total weight; for coordinate-wise rules the share of the
+  aggregate's coordinates they supplied). After :func:`bucketing`, the
+  aggregator's rows are buckets: a worker counts as kept when its bucket
+  was, and gets an equal part of its bucket's weight. Empty when no
+  aggregator keeps diagnostics (``aggregate`` without ``num_workers``).
   """
+  r = byzantine.shape[0]
+  buckets = _bucketing_state(server_state)
+  bucket_of = size = None
+  if buckets is not None:
+    bucket_of = bucket_of_workers(buckets, r)
+    size = jnp.zeros([r], jnp.float32).at[bucket_of].add(1.0)[bucket_of]
+
   out = {}
   for info in aggregator_infos(server_state):
     fields = getattr(info, "_fields", ())
     for name in KEPT_MASK_FIELDS:
       if name in fields and "byz_kept" not in out:
-        mask = getattr(info, name)
-        if mask.shape == byzantine.shape:
-          out["byz_kept"] = jnp.sum(mask.astype(bool) & byzantine)
-          out["honest_dropped"] = jnp.sum(~mask.astype(bool) & ~byzantine)
+        mask = _to_workers(getattr(info, name), r, bucket_of, size, False)
+        if mask is not None:
+          mask = mask.astype(bool)
+          out["byz_kept"] = jnp.sum(mask & byzantine)
+          out["honest_dropped"] = jnp.sum(~mask & ~byzantine)
     if "weights" in fields and "byz_weight" not in out:
-      w = info.weights
-      if w.shape == byzantine.shape:
+      w = _to_workers(info.weights, r, bucket_of, size, True)
+      if w is not None:
         w = jnp.abs(w)
         out["byz_weight"] = jnp.sum(jnp.where(byzantine, w, 0.0)) / jnp.maximum(
             jnp.sum(w), jnp.finfo(w.dtype).tiny)
   return out
+
+
+def _to_workers(values: jax.Array, r: int, bucket_of: jax.Array | None,
+                size: jax.Array | None, is_weight: bool) -> jax.Array | None:
+  """Per-worker values from an aggregator's per-row ones, or ``None``.
+
+  Rows are workers without bucketing; after bucketing they are the
+  ``ceil(R / s)`` buckets and are mapped back through ``bucket_of`` (a
+  bucket's weight is split equally among its members). ``None`` when the
+  shape fits neither.
+  """
+  if values.ndim != 1:
+    return None
+  if bucket_of is None:
+    return values if values.shape[0] == r else None
+  if values.shape[0] > r:
+    return None
+  # The aggregator after bucketing sees the ceil(R / s) bucket means (with
+  # s = 1, R rows in permuted order: mapped back all the same).
+  mapped = values[bucket_of]
+  return mapped / size.astype(mapped.dtype) if is_weight else mapped
 
 
 def _full_batches(data: WorkerData, batch_size: int):

@@ -47,7 +47,7 @@ def shard_workers(stacked: PyTree, mesh: Mesh, axis_name: str = WORKERS) -> PyTr
           f"split over {size} devices; num_workers must be divisible by the "
           "number of devices.")
     spec = PartitionSpec(axis_name, *([None] * (x.ndim - 1)))
-    return jax.device_put(x, NamedSharding(mesh, spec))
+    return _place(x, NamedSharding(mesh, spec))
 
   return jax.tree.map(place, stacked)
 
@@ -55,4 +55,23 @@ def shard_workers(stacked: PyTree, mesh: Mesh, axis_name: str = WORKERS) -> PyTr
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
   """Replicates every leaf on all devices of the mesh."""
   return jax.tree.map(
-      lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec())), tree)
+      lambda x: _place(x, NamedSharding(mesh, PartitionSpec())), tree)
+
+
+def _place(x, sharding: NamedSharding):
+  """``jax.device_put(x, sharding)``, also for a mesh spanning processes.
+
+  Under ``jax.distributed`` the mesh has devices of other processes, which
+  ``device_put`` cannot address: every process then builds its own shards
+  from its copy of ``x`` (which must hold the same values on every process,
+  as it does when each computes it from the same key and data).
+  """
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  if jax.dtypes.issubdtype(jax.numpy.result_type(x), jax.dtypes.prng_key):
+    impl = jax.random.key_impl(x)
+    return jax.random.wrap_key_data(_place(jax.random.key_data(x), sharding),
+                                    impl=impl)
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding,
+                                      lambda index: host[index])

@@ -18,6 +18,9 @@ defense is told ``f``):
 * ``geometric_median_of_means``: ``num_groups = min(R, 2f + 1)`` (Chen, Su &
   Xu need more than ``2f`` groups).
 * ``meamed``, ``monna``: ``num_byzantine = f``.
+* ``centered_clipping`` (Karimireddy et al. 2021): the centre is the last
+  step's aggregate; ``radius`` defaults to the median distance of the
+  workers to it (see :mod:`byzjax.transforms.centered_clipping`).
 * ``bucketing``: bucket size ``s = 2`` (Karimireddy et al. 2022); the rule
   after it is told ``f`` among the ``ceil(R / 2)`` bucket means.
 * ``nnm`` (Allouah et al. 2023) and ``arc`` (Allouah et al. 2025): told
@@ -40,6 +43,8 @@ from byzjax.attacks import data as data_attacks
 from byzjax.attacks import gradient as gradient_attacks
 from byzjax.transforms.aggregate import aggregate
 from byzjax.transforms.bucketing import bucketing
+from byzjax.transforms.centered_clipping import centered_clip
+from byzjax.transforms.centered_clipping import centered_clipping
 from byzjax.transforms.clipping import arc
 from byzjax.transforms.nnm import nnm
 
@@ -154,6 +159,9 @@ RULES = {
                        _half, "f < R/2"),
     "monna": RuleSpec(aggregators.monna, lambda r, f: {"num_byzantine": f},
                       _half, "f < R/2"),
+    # Stateful: the centre is last step's aggregate (Karimireddy et al. 2021).
+    "centered_clipping": RuleSpec(centered_clip, _no_defaults, _half,
+                                  "f < R/2", transform=centered_clipping),
 }
 
 
@@ -161,7 +169,8 @@ def _rule_params(rule: str) -> list[str]:
   params = inspect.signature(RULES[rule].fn).parameters
   return [n for n, p in params.items()
           if p.kind is p.KEYWORD_ONLY and n not in ("return_info", "weights",
-                                                    "init", "key", "norms")]
+                                                    "init", "key", "norms",
+                                                    "center")]
 
 
 def check_rule_args(rule: str, args: Mapping[str, Any], error) -> None:
@@ -209,6 +218,8 @@ def build_aggregate(rule: str, args: Mapping[str, Any], r: int, f: int,
   """
   spec = RULES[rule]
   kwargs = {**spec.defaults(r, f), **args}
+  if spec.transform is not None:
+    return spec.transform(num_workers=r, **kwargs)
   params = inspect.signature(spec.fn).parameters
   if "key" in params:
     kwargs["key"] = key

@@ -40,6 +40,27 @@ PyTree = Any
 class BucketingState(NamedTuple):
   """State of :func:`bucketing`."""
   key: jax.Array  # PRNG key; split on every update (fresh permutation)
+  # The key of the last step's permutation and the bucket size, so that
+  # diagnostics can map buckets back to workers (:func:`bucket_of_workers`).
+  last_key: jax.Array | None = None
+  bucket_size: jax.Array | None = None  # int32 ()
+
+
+def bucket_of_workers(state: BucketingState, num_workers: int) -> jax.Array:
+  """The bucket of every worker in the last step of :func:`bucketing`.
+
+  Args:
+    state: the transform's state after an update.
+    num_workers: ``R``, a Python int.
+
+  Returns:
+    int32 ``[R]``: worker ``i`` was averaged into bucket ``out[i]`` (the
+    row of the bucket means that the aggregator after bucketing saw).
+  """
+  perm = jax.random.permutation(state.last_key, num_workers)
+  slot = jnp.zeros([num_workers], jnp.int32).at[perm].set(
+      jnp.arange(num_workers, dtype=jnp.int32))
+  return slot // state.bucket_size
 
 
 @public(stacked_output=True)
@@ -153,12 +174,14 @@ def bucketing(
 
   def init_fn(params):
     del params
-    return BucketingState(key=key)
+    return BucketingState(key=key, last_key=key,
+                          bucket_size=jnp.asarray(bucket_size, jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     new_key, step_key = jax.random.split(state.key)
     out = bucket_means(updates, bucket_size=bucket_size, key=step_key)
-    return out, BucketingState(key=new_key)
+    return out, BucketingState(key=new_key, last_key=step_key,
+                               bucket_size=state.bucket_size)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

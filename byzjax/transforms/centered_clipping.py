@@ -20,6 +20,20 @@ scaling by a power of two (:math:`x_i - v` itself can exceed float's range
 when both are ~3e38 with opposite signs), and the norm comparison is done in
 the log domain, so rows of 1e30 or 3e38 are clipped to exactly
 :math:`\\tau` instead of overflowing.
+
+Choosing the radius. Karimireddy et al.'s analysis of (CC) takes
+:math:`\\tau` of the order of the honest workers' spread around the centre,
+:math:`\\sqrt{\\mathbb{E}\\|x_i - v\\|^2}` for honest :math:`i`, growing as the
+Byzantine fraction shrinks (see their robustness theorem for the constants,
+which involve the unknown honest variance :math:`\\rho^2`). Without a
+known :math:`\\rho`, ``radius=None`` (the default) estimates that scale at
+every iteration as the median over live workers of :math:`\\|x_i - v\\|`:
+with fewer than half the workers Byzantine the median is bounded by honest
+distances, whatever the Byzantine workers send, and it adapts as the
+gradients shrink over training. A fixed ``radius`` reproduces a paper's
+setting; pick it from the honest gradient differences' norms (e.g. the
+median of ``||x_i - v||`` over a few steps without attack), not from the
+gradients' own norms, since :math:`v` tracks the aggregate.
 """
 
 import functools
@@ -41,17 +55,30 @@ class CenteredClipInfo(NamedTuple):
   dist: jax.Array     # float [R]: ||x_i - v|| (inf if beyond float's range)
   clipped: jax.Array  # bool [R]: live workers whose difference was clipped
   live: jax.Array     # bool [R]: workers without a non-finite entry
+  weights: jax.Array  # float [R]: min(1, tau/||x_i - v||) / n, 0 if erased
+  radius: jax.Array   # float (): the radius tau used
 
 
 class CenteredClippingState(NamedTuple):
   """State of :func:`centered_clipping`."""
   center: optax.Updates   # params-shaped: last aggregate v (zeros at step 0)
   num_clipped: jax.Array  # int32 (): workers clipped in the last iteration
+  info: CenteredClipInfo | None = None  # last step's, with num_workers
+
+
+def _median_live(values: jax.Array, live: jax.Array) -> jax.Array:
+  """The lower median of ``values[live]`` (``-inf`` if none is live)."""
+  n = jnp.sum(live)
+  ordered = jnp.sort(jnp.where(live, values, jnp.inf))
+  return jnp.where(n > 0, ordered[jnp.maximum((n - 1) // 2, 0)], -jnp.inf)
 
 
 def _cc_step(clean: PyTree, live: jax.Array, n_live: jax.Array,
-             center: PyTree, radius: float):
-  """One (CC) iteration on rows with erasures already zeroed."""
+             center: PyTree, radius: float | None):
+  """One (CC) iteration on rows with erasures already zeroed.
+
+  ``radius=None``: the median live distance to the centre (module docstring).
+  """
   # Row exponent covering both the row and the centre: y_i = (x_i - v) 2^-e_i
   # has entries of magnitude < 2, so nothing below overflows.
   center_max = btree.max_abs(jax.tree.map(lambda c: c[None], center))[0]
@@ -62,7 +89,12 @@ def _cc_step(clean: PyTree, live: jax.Array, n_live: jax.Array,
   y_norm = jnp.sqrt(btree.sq_norms(y))  # <= 2 sqrt(d): finite
   dtype = y_norm.dtype
   log_dist = jnp.log2(y_norm) + e.astype(dtype)  # log2 ||x_i - v||
-  clipped = live & (log_dist > jnp.log2(jnp.asarray(radius, dtype)))
+  if radius is None:
+    log_tau = _median_live(log_dist, live)
+    radius = jnp.minimum(jnp.exp2(log_tau), jnp.finfo(dtype).max)
+  else:
+    log_tau = jnp.log2(jnp.asarray(radius, dtype))
+  clipped = live & (log_dist > log_tau)
   # contribution_i = (x_i - v) min(1, tau/||x_i - v||) / n
   #               = 2^{e_i} y_i / n              (not clipped)
   #               = tau y_i / (||y_i|| n)         (clipped; no exponent)
@@ -80,7 +112,10 @@ def _cc_step(clean: PyTree, live: jax.Array, n_live: jax.Array,
                               precision=jax.lax.Precision.HIGHEST), y)
   new_center = jax.tree.map(lambda c, s: (c + s).astype(c.dtype), center, step)
   dist = jnp.where(live, jnp.exp2(log_dist), 0.0)
-  return new_center, CenteredClipInfo(dist, clipped, live)
+  share = jnp.where(clipped, jnp.exp2(log_tau - log_dist), 1.0)
+  weights = jnp.where(live, share * inv_n, 0.0)
+  return new_center, CenteredClipInfo(dist, clipped, live, weights,
+                                      jnp.asarray(radius, dtype))
 
 
 @public(like_update=("center",))
@@ -88,7 +123,7 @@ def centered_clip(
     updates: PyTree,
     *,
     center: PyTree | None = None,
-    radius: float,
+    radius: float | None = None,
     num_iters: int = 1,
     return_info: bool = False,
 ) -> PyTree | tuple[PyTree, CenteredClipInfo]:
@@ -107,7 +142,10 @@ def centered_clip(
     center: the starting point :math:`v` (the previous aggregate), shaped
       like one worker's update (a ``ValueError`` names a mismatch); ``None``
       means zeros.
-    radius: the clipping radius :math:`\\tau > 0` (``float('inf')`` allowed).
+    radius: the clipping radius :math:`\\tau > 0` (``float('inf')``
+      allowed); ``None`` (default): at every iteration, the median over live
+      workers of :math:`\\|x_i - v\\|` (see the module docstring for how
+      to choose it).
     num_iters: number of (CC) iterations, a Python int >= 1.
     return_info: also return a :class:`CenteredClipInfo`.
 
@@ -128,9 +166,11 @@ def centered_clip(
     Optimization <https://arxiv.org/abs/2012.10333>`_, ICML 2021, eq. (CC).
   """
   btree.num_workers(updates)
-  _checks.check_positive("radius", radius, allow_inf=True)
+  if radius is not None:
+    _checks.check_positive("radius", radius, allow_inf=True)
+    radius = float(radius)
   _checks.check_int("num_iters", num_iters, low=1)
-  v, info = _centered_clip(updates, center, radius=float(radius),
+  v, info = _centered_clip(updates, center, radius=radius,
                            num_iters=num_iters)
   if return_info:
     return v, info
@@ -153,14 +193,16 @@ def _centered_clip(updates, center, *, radius, num_iters):
 
   r = live.shape[0]
   dtype = jnp.result_type(*jax.tree.leaves(clean))
-  info0 = CenteredClipInfo(jnp.zeros([r], dtype), jnp.zeros([r], bool), live)
+  info0 = CenteredClipInfo(jnp.zeros([r], dtype), jnp.zeros([r], bool), live,
+                           jnp.zeros([r], dtype), jnp.zeros([], dtype))
   return jax.lax.fori_loop(0, num_iters, body, (center, info0))
 
 
 def centered_clipping(
     *,
-    radius: float,
+    radius: float | None = None,
     num_iters: int = 1,
+    num_workers: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Centered clipping as an aggregating optax transform.
 
@@ -177,8 +219,14 @@ def centered_clipping(
     ``optax.chain(centered_clipping(radius=1.0), optax.sgd(0.1))``.
 
   Args:
-    radius: the clipping radius :math:`\\tau > 0`.
+    radius: the clipping radius :math:`\\tau > 0`; ``None`` (default): the
+      median distance of the live workers to the centre, re-estimated at
+      every iteration (see :func:`centered_clip`).
     num_iters: (CC) iterations per step, a Python int >= 1.
+    num_workers: the number of workers ``R``. When given, the state keeps
+      the last step's :class:`CenteredClipInfo` (its shapes depend on ``R``)
+      for diagnostics (the simulator reports the Byzantine workers' weight
+      share from it).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with state
@@ -196,18 +244,34 @@ def centered_clipping(
     Karimireddy, He & Jaggi, `Learning from History for Byzantine Robust
     Optimization <https://arxiv.org/abs/2012.10333>`_, ICML 2021.
   """
-  _checks.check_positive("radius", radius, allow_inf=True)
+  if radius is not None:
+    _checks.check_positive("radius", radius, allow_inf=True)
   _checks.check_int("num_iters", num_iters, low=1)
+  if num_workers is not None:
+    _checks.check_int("num_workers", num_workers, low=1)
 
   def init_fn(params):
+    info = None
+    if num_workers is not None:
+      dtype = jnp.result_type(*jax.tree.leaves(params)) if jax.tree.leaves(
+          params) else jnp.float32
+      r = num_workers
+      info = CenteredClipInfo(jnp.zeros([r], dtype), jnp.zeros([r], bool),
+                              jnp.zeros([r], bool), jnp.zeros([r], dtype),
+                              jnp.zeros([], dtype))
     return CenteredClippingState(center=optax.tree.zeros_like(params),
-                                 num_clipped=jnp.zeros([], jnp.int32))
+                                 num_clipped=jnp.zeros([], jnp.int32),
+                                 info=info)
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     v, info = centered_clip(updates, center=state.center, radius=radius,
                             num_iters=num_iters, return_info=True)
+    if state.info is not None:
+      info = jax.tree.map(lambda new, old: new.astype(old.dtype), info,
+                          state.info)
     return v, CenteredClippingState(
-        center=v, num_clipped=jnp.sum(info.clipped).astype(jnp.int32))
+        center=v, num_clipped=jnp.sum(info.clipped).astype(jnp.int32),
+        info=info if state.info is not None else None)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

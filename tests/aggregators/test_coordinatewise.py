@@ -315,3 +315,54 @@ def test_bad_weights_raise():
 def test_leaves_with_different_leading_sizes_raise(fn):
   with pytest.raises(ValueError, match="leading"):
     fn({"a": _x(4, 3), "b": _x(5, 3)})
+
+
+# --------------------------------------------------------------------------
+# Per-worker shares in the diagnostics (issue 12: coordinate-wise rules
+# report which workers' values they used).
+
+
+def _np_window_shares(x, lo_rank, hi_rank):
+  """Oracle: per coordinate, the live workers whose value lies between the
+  ``lo_rank``-th and ``hi_rank``-th smallest live values (0-based, ties at
+  the edges kept) share that coordinate equally."""
+  x = np.asarray(x, np.float64)
+  live = np.all(np.isfinite(x), axis=1)
+  r, d = x.shape
+  weights, kept = np.zeros(r), np.zeros(r)
+  for k in range(d):
+    col = np.sort(x[live, k])
+    lo, hi = col[lo_rank(len(col))], col[hi_rank(len(col))]
+    members = [i for i in range(r) if live[i] and lo <= x[i, k] <= hi]
+    for i in members:
+      weights[i] += 1 / len(members) / d
+      kept[i] += 1 / d
+  return weights, kept
+
+
+@pytest.mark.parametrize("dim", [9, 5000])  # one block; the chunked loop
+def test_info_shares_match_oracle(dim):
+  x = _x(9, dim, seed=dim)
+  x[2] = 1e30    # live, always outside the window
+  x[5, 0] = np.nan  # an erasure
+  tree = {"w": x} if dim > 9 else helpers.split_leaves(x)
+  _, info = jmedian(tree, return_info=True)
+  want_w, want_k = _np_window_shares(x, lambda n: (n - 1) // 2,
+                                     lambda n: n // 2)
+  np.testing.assert_allclose(info.weights, want_w, atol=1e-6)
+  np.testing.assert_allclose(info.kept_fraction, want_k, atol=1e-6)
+  _, info = jtrimmed(tree, trim_fraction=0.25, return_info=True)
+  want_w, want_k = _np_window_shares(x, lambda n: n // 4,
+                                     lambda n: n - n // 4 - 1)
+  np.testing.assert_allclose(info.weights, want_w, atol=1e-6)
+  np.testing.assert_allclose(info.kept_fraction, want_k, atol=1e-6)
+  assert info.weights[2] == 0 and info.weights[5] == 0
+  np.testing.assert_allclose(np.sum(info.weights), 1.0, rtol=1e-5)
+
+
+def test_info_does_not_change_the_aggregate():
+  x = _x(8, 9, seed=3)
+  for fn, kw in [(jmedian, {}), (jtrimmed, {"trim_fraction": 0.2})]:
+    plain = fn(helpers.split_leaves(x), **kw)
+    with_info, _ = fn(helpers.split_leaves(x), return_info=True, **kw)
+    chex.assert_trees_all_equal(plain, with_info)

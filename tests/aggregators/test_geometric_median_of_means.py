@@ -228,3 +228,16 @@ def test_num_groups_is_required():
   with pytest.raises(ValueError, match="num_groups"):
     geometric_median_of_means(  # pylint: disable=missing-kwoa
         {"w": jnp.zeros((4, 3))})
+
+
+def test_info_weights_split_each_groups_weight_over_its_members():
+  x = np.random.default_rng(4).normal(size=(9, 5)).astype(np.float32)
+  x[0] = 1e3  # group 0's mean is far: little weight for its members
+  _, info = _jitted({"w": x}, num_groups=3, return_info=True)
+  group = np.asarray(info.group)
+  gm_w = np.asarray(info.median_info.weights)
+  counts = np.asarray(info.group_counts)
+  np.testing.assert_allclose(info.weights, gm_w[group] / counts[group],
+                             rtol=1e-6)
+  np.testing.assert_allclose(np.sum(info.weights), 1.0, rtol=1e-5)
+  assert float(np.max(info.weights[group == group[0]])) < 0.05

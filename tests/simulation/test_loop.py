@@ -193,6 +193,38 @@ def test_diagnostics_count_kept_byzantine_workers():
   assert float(metrics["byz_weight"][-1]) < 2 / R
 
 
+@pytest.mark.parametrize("defense", ["trimmed_mean", "centered_clipping",
+                                     "bucketing_krum"])
+def test_diagnostics_by_default_for_more_defenses(defense):
+  # Coordinate-wise rules report each worker's share of the coordinates,
+  # centered clipping its clipping weights, and after bucketing the bucket
+  # masks are mapped back to workers.
+  from byzjax.aggregators import krum, trimmed_mean
+  from byzjax.transforms.bucketing import bucketing
+  from byzjax.transforms.centered_clipping import centered_clipping
+  if defense == "trimmed_mean":
+    head = [byzjax.aggregate(trimmed_mean, num_workers=R, trim_fraction=0.25)]
+  elif defense == "centered_clipping":
+    head = [centered_clipping(num_workers=R)]
+  else:
+    head = [bucketing(2, key=jax.random.key(1)),
+            byzjax.aggregate(krum, num_workers=R // 2, num_byzantine=0)]
+  sim = simulation.Simulation(
+      loss_fn=_loss, server_tx=optax.chain(*head, optax.sgd(0.1)),
+      num_workers=R, batch_size=8, attack=bit_flip_attack(), num_byzantine=2,
+      eval_every=5)
+  _, metrics = _run(sim, jax.random.key(8), num_evals=2)
+  assert "byz_weight" in metrics or "byz_kept" in metrics
+  if "byz_weight" in metrics:
+    # Bit-flipped rows are far away: little of the aggregate comes from them.
+    assert float(metrics["byz_weight"][-1]) < 0.5 * 2 / R
+  if defense == "bucketing_krum":
+    # Krum keeps one bucket of two workers; the two bit-flippers' buckets
+    # (far away) are never the one kept.
+    assert int(metrics["byz_kept"][-1]) == 0
+    assert int(metrics["honest_dropped"][-1]) == R - 2 - 2
+
+
 def test_vmapped_sweep_matches_single_runs():
   def build(hp, key):
     sim = _sim(lr=hp["lr"])

@@ -162,6 +162,25 @@ def test_bucketing_shrinks_the_rows_the_rule_sees():
   assert registry.rows_after((), 11) == 11
 
 
+def test_centered_clipping_is_a_defense_with_diagnostics():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from byzjax.study import registry  # pylint: disable=g-import-not-at-top
+  cfg = _with("grid.defenses", ["centered_clipping",
+                                {"rule": "centered_clipping",
+                                 "args": {"radius": 1.0, "num_iters": 3},
+                                 "label": "cc_fixed"}])
+  parsed = study.load_config(cfg)
+  assert len(parsed.defenses) == 2
+  tx = registry.build_aggregate("centered_clipping", {"num_iters": 2}, 8, 2,
+                                jax.random.key(0))
+  state = tx.init({"w": jnp.zeros(3)})
+  assert state.info.weights.shape == (8,)  # kept for byz_weight
+  with pytest.raises(config_lib.ConfigError, match="radius"):
+    study.load_config(_with("grid.defenses", [
+        {"rule": "centered_clipping", "args": {"radius": -1.0}}]))
+
+
 def test_toml_errors_and_missing_file():
   with pytest.raises(config_lib.ConfigError, match="not found"):
     study.load_config("/nonexistent/study.toml")

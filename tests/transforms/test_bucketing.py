@@ -166,3 +166,17 @@ def test_bucket_size_above_workers_fails_at_first_update():
 def test_missing_key():
   with pytest.raises(ValueError, match="key"):
     bucketing(2, key=None)
+
+
+def test_bucket_of_workers_names_each_workers_bucket():
+  from byzjax.transforms.bucketing import bucket_of_workers
+  x = _data(3)
+  tx = bucketing(3, key=jax.random.key(4))
+  state = tx.init({"w": jnp.zeros(D)})
+  for _ in range(2):  # a fresh permutation each step
+    out, state = tx.update({"w": jnp.asarray(x)}, state)
+    which = np.asarray(bucket_of_workers(state, R))
+    assert sorted(np.bincount(which).tolist()) == [1, 3, 3]
+    for b in range(3):
+      np.testing.assert_allclose(out["w"][b], x[which == b].mean(axis=0),
+                                 rtol=1e-5, atol=1e-6)

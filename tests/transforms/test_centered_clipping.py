@@ -207,3 +207,49 @@ def test_wrongly_shaped_center_raises_naming_it(center):
   x = np.random.default_rng(20).normal(size=(R, D)).astype(np.float32)
   with pytest.raises(ValueError, match="center"):
     centered_clip({"w": x}, center=center, radius=1.0)
+
+
+def _np_adaptive_cc(x, center, num_iters):
+  """Oracle of ``radius=None``: each iteration clips at the lower median of
+  the live rows' distances to the centre."""
+  x = np.asarray(x, np.float64)
+  x = x[np.all(np.isfinite(x), axis=1)]
+  v = np.asarray(center, np.float64).copy()
+  for _ in range(num_iters):
+    dist = sorted(np.linalg.norm(xi - v) for xi in x)
+    v = _np_centered_clip(x, v, dist[(len(x) - 1) // 2], 1)
+  return v
+
+
+@pytest.mark.parametrize("num_iters", [1, 3])
+def test_default_radius_is_the_median_distance(num_iters):
+  x = _data(5)
+  x[1] = 1e30
+  x[4, 2] = np.nan
+  center = np.zeros(D, np.float32)
+  got, info = jax.jit(functools.partial(
+      centered_clip, num_iters=num_iters, return_info=True))(
+          {"w": x}, center={"w": center})
+  np.testing.assert_allclose(got["w"], _np_adaptive_cc(x, center, num_iters),
+                             rtol=1e-5, atol=1e-5)
+  # The huge row moved the centre by at most the radius / n.
+  assert info.clipped[1] and not info.live[4]
+  # weights_i = min(1, tau / ||x_i - v||) / n: about half the live rows are
+  # clipped at the median, the huge row's weight is ~tau / 1e30.
+  n = int(np.sum(info.live))
+  assert np.all(np.asarray(info.weights)[~np.asarray(info.clipped)
+                                         & np.asarray(info.live)]
+                == pytest.approx(1 / n))
+  assert float(info.weights[1]) < 1e-25 and float(info.weights[4]) == 0
+
+
+def test_transform_keeps_info_with_num_workers():
+  tx = centered_clipping(num_workers=R)
+  state = tx.init({"w": jnp.zeros(D)})
+  assert state.info.weights.shape == (R,)
+  x = _data(6)
+  _, state = jax.jit(tx.update)({"w": jnp.asarray(x)}, state)
+  _, info = centered_clip({"w": x}, center={"w": jnp.zeros(D)},
+                          return_info=True)
+  np.testing.assert_allclose(state.info.weights, info.weights, rtol=1e-6)
+  assert centered_clipping().init({"w": jnp.zeros(D)}).info is None
