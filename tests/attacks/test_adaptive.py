@@ -395,3 +395,124 @@ def test_mimic_attack_in_the_simulator():
                                              num_evals=2))(state, data)
   assert int(state.attack_state.count) == 4
   assert np.all(np.isfinite(np.asarray(metrics["train_loss"])))
+
+
+_ALL = {
+    "mimic": A.mimic,
+    "optimized_alie": functools.partial(A.optimized_alie,
+                                        aggregator=agg.coordinate_median,
+                                        num_candidates=4, num_refinements=1),
+    "optimized_ipm": functools.partial(A.optimized_ipm,
+                                       aggregator=agg.coordinate_median,
+                                       num_candidates=4, num_refinements=1),
+    "min_max": A.min_max,
+    "min_sum": functools.partial(A.min_sum, perturbation="sign"),
+    "fang_trimmed_mean": functools.partial(A.fang_trimmed_mean,
+                                           key=jax.random.key(3)),
+    "fang_krum": A.fang_krum,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(_ALL))
+def test_erased_and_huge_honest_rows(name):
+  fn = _ALL[name]
+  # An erased honest row is left out of the statistics and left as it is.
+  x = _x(14)
+  x[1, 0] = np.nan
+  out = np.asarray(fn({"w": x}, MASK)["w"])
+  np.testing.assert_array_equal(out[~MASK], x[~MASK])  # NaN == NaN here
+  assert np.all(np.isfinite(out[MASK]))
+  if name in ("mimic", "min_max", "min_sum", "fang_krum"):
+    # Deterministic and aggregator-free: the same as without that row.
+    without = np.asarray(fn({"w": np.delete(x, 1, axis=0)},
+                            np.delete(MASK, 1))["w"])
+    np.testing.assert_allclose(out[MASK], without[np.delete(MASK, 1)],
+                               rtol=1e-5, atol=1e-6)
+  # Honest rows of ~1e30 and ~3e38: no overflow into Inf or NaN, and the
+  # attack on rows scaled by 2**100 is the attack on the rows, scaled
+  # (except for the random draws and the argmax ties of mimic).
+  x = _x(15)
+  base = np.asarray(fn({"w": x}, MASK)["w"])
+  big = np.asarray(fn({"w": (x.astype(np.float64) * 2.0**100).astype(
+      np.float32)}, MASK)["w"])
+  assert np.all(np.isfinite(big))
+  np.testing.assert_allclose(big[MASK] / 2.0**100, base[MASK], rtol=1e-3,
+                             atol=1e-4)
+  huge = np.full((R, D), 3e38, np.float32)
+  huge[::2] *= -1
+  out = np.asarray(fn({"w": huge}, MASK)["w"])
+  assert not np.any(np.isnan(out)), name
+  np.testing.assert_array_equal(out[~MASK], huge[~MASK])
+
+
+@pytest.mark.slow
+def test_jit_and_vmap_over_inputs():
+  xs = np.stack([_x(16), _x(17)])
+  for fn in (A.min_max, A.fang_krum, A.mimic):
+    batched = jax.jit(jax.vmap(lambda x, f=fn: f({"w": x}, MASK)["w"]))(xs)
+    for i in range(2):
+      np.testing.assert_allclose(batched[i], fn({"w": xs[i]}, MASK)["w"],
+                                 rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# The study runner's names.
+
+_STUDY = {
+    "name": "adaptive",
+    "task": {"dataset": "synthetic_classification", "model": "mlp",
+             "model_args": {"hidden": [8]}, "num_features": 6,
+             "num_classes": 3, "train_samples": 240, "test_samples": 60},
+    "training": {"num_workers": 6, "num_byzantine": [1], "batch_size": 8,
+                 "steps": 4, "eval_every": 2, "learning_rate": [0.1],
+                 "seeds": 1},
+    "grid": {"heterogeneity": ["iid"], "defenses": ["trimmed_mean"],
+             "attacks": ["mimic",
+                         {"name": "optimized_alie", "scale_range": [0, 5],
+                          "num_candidates": 4, "num_refinements": 1}]},
+}
+
+
+@pytest.mark.slow
+def test_config_accepts_the_new_attack_names_and_names_bad_arguments():
+  from byzjax import study  # pylint: disable=g-import-not-at-top
+  from byzjax.study.config import ConfigError  # pylint: disable=g-import-not-at-top
+  cfg = study.load_config({**_STUDY, "grid": {
+      **_STUDY["grid"], "attacks": _STUDY["grid"]["attacks"] + [
+          {"name": "min_sum", "perturbation": "std"}, "optimized_ipm", "min_max", "fang_trimmed_mean", "fang_median",
+          "fang_krum", {"name": "mimic", "warmup": 5}]}})
+  assert [a.name for a in cfg.attacks][-1] == "mimic"
+  for bad, word in [({"name": "min_max", "perturbation": "unit"},
+                     "perturbation"),
+                    ({"name": "optimized_alie", "aggregator": "mean"},
+                     "aggregator"),
+                    ({"name": "fang_krum", "lam": 1.0}, "lam"),
+                    ({"name": "mimic", "warmup": 0}, "warmup")]:
+    with pytest.raises(ConfigError, match=word):
+      study.load_config({**_STUDY, "grid": {**_STUDY["grid"],
+                                            "attacks": [bad]}})
+
+
+@pytest.mark.slow
+def test_study_runs_the_new_attacks_end_to_end(tmp_path):
+  from byzjax import study  # pylint: disable=g-import-not-at-top
+  from byzjax.study import registry  # pylint: disable=g-import-not-at-top
+  rows = study.run(_STUDY, str(tmp_path / "results"), progress=False,
+                   log=lambda _: None, as_dataframe=False)
+  attacks = {r["attack"] for r in rows}
+  assert len(attacks) == 2
+  assert all(np.isfinite(r["train_loss"]) for r in rows)
+  # The optimised attack is built against the cell's defense.
+  target = registry.target_aggregator("trimmed_mean", {}, 6, 1,
+                                      jax.random.key(0))
+  x = _x(13, r=6, d=4)
+  mask = np.array([1, 0, 0, 0, 0, 0], bool)
+  np.testing.assert_allclose(
+      np.asarray(target({"w": x})["w"]),
+      np.asarray(agg.trimmed_mean({"w": x}, trim_fraction=1 / 6)["w"]))
+  tx = registry.build_gradient_attack("optimized_alie", {}, jax.random.key(0),
+                                      aggregator=target)
+  out, _ = tx.update({"w": x}, tx.init({"w": jnp.zeros(4)}), byzantine=mask)
+  want = A.optimized_alie({"w": x}, mask, aggregator=target)
+  np.testing.assert_allclose(out["w"], want["w"])
