@@ -53,6 +53,8 @@ from byzjax.attacks.gradient import gradient_attack
 from byzjax.attacks.gradient import GradientAttackState
 from byzjax.attacks.gradient import ipm
 from byzjax.attacks.gradient import ipm_attack
+from byzjax.attacks.gradient import model_replacement
+from byzjax.attacks.gradient import model_replacement_attack
 from byzjax.attacks.gradient import random_gaussian
 from byzjax.attacks.gradient import random_gaussian_attack
 from byzjax.attacks.gradient import sign_flip
