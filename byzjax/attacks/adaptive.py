@@ -119,10 +119,6 @@ def _tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
                                             jax.tree.leaves(b)))
 
 
-def _tree_norm(a: PyTree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(a)))
-
-
 def _row(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: x[None], tree)
 
@@ -583,7 +579,7 @@ class MinMaxInfo(NamedTuple):
   value: jax.Array      # float (): the constrained quantity at gamma (scaled)
 
 
-def _perturbation(h: _Honest, kind: str) -> tuple[PyTree, jax.Array]:
+def _perturbation(h: _Honest, kind: str) -> tuple[PyTree, bool]:
   """The direction ``p`` (scaled units) and the factor turning gamma physical.
 
   ``unit_vec``: :math:`-\\mu/\\|\\mu\\|`; ``std``: :math:`-\\sigma`;
@@ -664,10 +660,10 @@ def min_max(stacked: PyTree, byzantine: jax.Array, *,
   """MinMax (Shejwalkar & Houmansadr, NDSS 2021, §IV, AGR-agnostic).
 
   Every Byzantine worker sends :math:`\\nabla^m = \\mu + \\gamma\\,\\nabla^p`
-  (their Eq. (3): the honest mean plus a scaled perturbation) with the
-  largest :math:`\\gamma` such that its largest distance to an honest
-  update is at most the largest distance between two honest updates
-  (their Eq. (4), "MinMax"):
+  (the honest mean plus a scaled perturbation) with the largest
+  :math:`\\gamma` such that its largest distance to an honest update is at
+  most the largest distance between two honest updates (their "Min-Max"
+  attack):
 
   .. math::
     \\max_{i \\in H} \\|\\nabla^m - \\nabla_i\\|
@@ -714,7 +710,7 @@ def min_sum(stacked: PyTree, byzantine: jax.Array, *,
   """MinSum (Shejwalkar & Houmansadr, NDSS 2021, §IV, AGR-agnostic).
 
   As :func:`min_max`, with the constraint on the sum of squared distances
-  (their Eq. (5), "MinSum"):
+  (their "Min-Sum" attack):
 
   .. math::
     \\sum_{i \\in H} \\|\\nabla^m - \\nabla_i\\|^2
@@ -737,8 +733,8 @@ def fang_trimmed_mean(stacked: PyTree, byzantine: jax.Array, *,
                       factor: float = 2.0) -> PyTree:
   """Fang et al.'s full-knowledge attack on trimmed mean and median.
 
-  Fang et al. (USENIX Security 2020, §3.3 "Attacking Trimmed mean"; §3.4
-  uses the same attack on the median) push every coordinate of the
+  Fang et al. (USENIX Security 2020, §3, "Attacking Trimmed mean"; their
+  "Attacking Median" uses the same attack) push every coordinate of the
   aggregate against the direction the honest updates move it. With
   :math:`\\mu_j` the honest mean, :math:`w_{\\max,j}` and
   :math:`w_{\\min,j}` the honest extremes of coordinate :math:`j` and
@@ -825,8 +821,8 @@ def fang_krum(stacked: PyTree, byzantine: jax.Array, *,
 
   Every Byzantine worker sends :math:`-\\lambda\\,s` with
   :math:`s = \\mathrm{sign}(\\mu)` the direction in which the honest
-  updates move the aggregate (Fang et al., USENIX Security 2020, §3.2: the
-  crafted local model :math:`w_{Re} - \\lambda s`, here in update space
+  updates move the aggregate (Fang et al., USENIX Security 2020, §3,
+  "Attacking Krum", full knowledge: the crafted local model :math:`w_{Re} - \\lambda s`, here in update space
   where :math:`w_{Re}` is the zero update), with the largest
   :math:`\\lambda` for which Krum still selects a Byzantine row. The search
   starts at their upper bound
@@ -846,7 +842,7 @@ def fang_krum(stacked: PyTree, byzantine: jax.Array, *,
   check costs :math:`O(R^2 \\log R)`: the distances are built from one
   Gram matrix of the honest updates and one inner product per worker. All
   Byzantine workers send the same update, as in the paper. The attack
-  also transfers to Bulyan (the paper's §3.2).
+  also transfers to Bulyan, as the paper notes.
 
   Args:
     stacked: stacked updates, leaves ``[R, ...]``.

@@ -218,8 +218,8 @@ def model_replacement(stacked: PyTree, byzantine: jax.Array, *,
                       scale: float | None = None) -> PyTree:
   """Model replacement (scaling): Byzantine workers send :math:`\\gamma g_i`.
 
-  Bagdasaryan et al. (AISTATS 2020, the "model replacement" construction,
-  their Eq. (3)) boost a backdoored update so that it survives averaging:
+  Bagdasaryan et al. (AISTATS 2020, "model replacement": the scaled
+  update that replaces the global model) boost a backdoored update so that it survives averaging:
   with :math:`n` participants and server learning rate :math:`\\eta`, the
   attacker sends :math:`\\gamma (X - G^t)` with :math:`\\gamma = n/\\eta`,
   so that the new global model is (about) its backdoored model :math:`X`.
