@@ -257,7 +257,8 @@ def mimic_attack(*, warmup: int = 1, target: int | None = None,
   :math:`z_0` is the exact top principal direction of the first step's
   honest updates (the paper starts from a random vector and one power
   step). ``warmup=1`` (the default) chooses the target at the first step
-  and keeps it; the paper's experiments tune the warm-up length.
+  and keeps it; the warm-up length is a hyperparameter of the attack (we
+  did not find the paper's value: set it per experiment).
 
   ``init(params)`` takes the parameters (one worker's update shape), like
   every optax transform; ``update(stacked, state, params=None, *,
@@ -341,8 +342,13 @@ def mimic_attack(*, warmup: int = 1, target: int | None = None,
     def keep(_):
       return state.direction
 
+    def cast(fn):  # every branch returns the state's dtypes
+      return lambda _: jax.tree.map(lambda z, s: z.astype(s.dtype), fn(_),
+                                    state.direction)
+
     branch = jnp.where(t == 0, 0, jnp.where(t < warmup, 1, 2))
-    direction = jax.lax.switch(branch, (first, track, keep), None)
+    direction = jax.lax.switch(branch, tuple(map(cast, (first, track, keep))),
+                               None)
     chosen = _mimic_target(centred, h.ref, direction)
     previous_ok = jnp.take(h.ref, state.target)
     index = jnp.where((t >= warmup) & previous_ok, state.target, chosen)

@@ -516,3 +516,18 @@ def test_study_runs_the_new_attacks_end_to_end(tmp_path):
   out, _ = tx.update({"w": x}, tx.init({"w": jnp.zeros(4)}), byzantine=mask)
   want = A.optimized_alie({"w": x}, mask, aggregator=target)
   np.testing.assert_allclose(out["w"], want["w"])
+
+
+@pytest.mark.slow
+def test_mimic_attack_keeps_bfloat16_updates_and_state_dtypes():
+  x = jnp.asarray(_x(18), jnp.bfloat16)
+  tx = A.mimic_attack(warmup=2)
+  state = tx.init({"w": jnp.zeros(D, jnp.bfloat16)})
+  update = jax.jit(tx.update)
+  for _ in range(3):
+    out, state = update({"w": x}, state, byzantine=MASK)
+    assert out["w"].dtype == jnp.bfloat16
+    assert state.direction["w"].dtype == jnp.float32
+    got = np.asarray(out["w"], np.float32)
+    honest = np.asarray(x, np.float32)[~MASK]
+    assert any(np.array_equal(got[MASK][0], h) for h in honest)
