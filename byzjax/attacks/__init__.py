@@ -5,11 +5,32 @@ each is a pure function ``attack(stacked, byzantine, **hparams)`` and an optax
 transform ``<attack>_attack(**hparams)`` whose ``update`` takes the mask as the
 extra argument ``byzantine=``. Data attacks are functions ``(key, x, y) ->
 (x, y)`` on one worker's batch, applied to the Byzantine workers with
-``apply_to_workers``.
+``apply_to_workers``. The adaptive gradient attacks (mimic, optimised
+ALIE/IPM, MinMax/MinSum, Fang et al.'s) live in
+:mod:`byzjax.attacks.adaptive`.
 """
 
+from byzjax.attacks import adaptive
 from byzjax.attacks import data
 from byzjax.attacks import gradient
+from byzjax.attacks.adaptive import fang_krum
+from byzjax.attacks.adaptive import fang_krum_attack
+from byzjax.attacks.adaptive import fang_trimmed_mean
+from byzjax.attacks.adaptive import fang_trimmed_mean_attack
+from byzjax.attacks.adaptive import FangKrumInfo
+from byzjax.attacks.adaptive import mimic
+from byzjax.attacks.adaptive import mimic_attack
+from byzjax.attacks.adaptive import MimicState
+from byzjax.attacks.adaptive import min_max
+from byzjax.attacks.adaptive import min_max_attack
+from byzjax.attacks.adaptive import min_sum
+from byzjax.attacks.adaptive import min_sum_attack
+from byzjax.attacks.adaptive import MinMaxInfo
+from byzjax.attacks.adaptive import optimized_alie
+from byzjax.attacks.adaptive import optimized_alie_attack
+from byzjax.attacks.adaptive import optimized_ipm
+from byzjax.attacks.adaptive import optimized_ipm_attack
+from byzjax.attacks.adaptive import OptimizedScaleInfo
 from byzjax.attacks.data import apply_to_worker
 from byzjax.attacks.data import apply_to_workers
 from byzjax.attacks.data import backdoor
@@ -32,6 +53,8 @@ from byzjax.attacks.gradient import gradient_attack
 from byzjax.attacks.gradient import GradientAttackState
 from byzjax.attacks.gradient import ipm
 from byzjax.attacks.gradient import ipm_attack
+from byzjax.attacks.gradient import model_replacement
+from byzjax.attacks.gradient import model_replacement_attack
 from byzjax.attacks.gradient import random_gaussian
 from byzjax.attacks.gradient import random_gaussian_attack
 from byzjax.attacks.gradient import sign_flip

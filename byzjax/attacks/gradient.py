@@ -61,6 +61,12 @@ References:
 
   Data & Diggavi, `Byzantine-Resilient SGD in High Dimensions on
   Heterogeneous Data <https://arxiv.org/abs/2005.07866>`_, 2021.
+
+  Bagdasaryan et al., `How To Backdoor Federated Learning
+  <https://arxiv.org/abs/1807.00459>`_, AISTATS 2020 (model replacement).
+
+The adaptive attacks (mimic, optimised ALIE/IPM, MinMax/MinSum, Fang et al.)
+are in :mod:`byzjax.attacks.adaptive`.
 """
 
 import functools
@@ -205,6 +211,57 @@ def bit_flip(stacked: PyTree, byzantine: jax.Array, *,
   flipped = jax.tree.map(lambda x: btree.saturate(jnp.asarray(x) * -scale),
                          stacked)
   return _replace_rows(stacked, byzantine, flipped)
+
+
+@_attack
+def model_replacement(stacked: PyTree, byzantine: jax.Array, *,
+                      scale: float | None = None) -> PyTree:
+  """Model replacement (scaling): Byzantine workers send :math:`\\gamma g_i`.
+
+  Bagdasaryan et al. (AISTATS 2020, "model replacement": the scaled
+  update that replaces the global model) boost a backdoored update so that it survives averaging:
+  with :math:`n` participants and server learning rate :math:`\\eta`, the
+  attacker sends :math:`\\gamma (X - G^t)` with :math:`\\gamma = n/\\eta`,
+  so that the new global model is (about) its backdoored model :math:`X`.
+  Here each Byzantine worker scales its own update :math:`g_i` (computed
+  on its batch, e.g. poisoned by :func:`byzjax.attacks.backdoor`) by
+  ``scale``; by default :math:`\\gamma = R / f` with :math:`f` the number of
+  Byzantine workers this step (:math:`n/\\eta` with :math:`\\eta = 1`, shared
+  by the :math:`f` attackers), so that the mean of the ``R`` updates is the
+  Byzantine workers' mean update plus :math:`\\frac{1}{R}` times the honest
+  sum. Combine it with the backdoor data attack for the paper's attack:
+
+  .. code-block:: python
+
+    Simulation(..., data_attack=byzjax.attacks.backdoor(target_label,
+                                                       trigger_mask=patch),
+               attack=byzjax.attacks.model_replacement_attack())
+
+  Products beyond the float range saturate at the largest finite float.
+
+  Args:
+    stacked: stacked updates, leaves ``[R, ...]``.
+    byzantine: boolean mask ``[R]``.
+    scale: :math:`\\gamma > 0`; ``None`` for :math:`R / f`.
+
+  Returns:
+    The stacked updates with the Byzantine rows rewritten.
+
+  References:
+    Bagdasaryan, Veit, Hua, Estrin & Shmatikov, `How To Backdoor Federated
+    Learning <https://arxiv.org/abs/1807.00459>`_, AISTATS 2020.
+  """
+  byzantine = _check_mask(stacked, byzantine)
+  if scale is not None:
+    _checks.check_positive("scale", scale)
+    gamma = jnp.asarray(scale, jnp.float32)
+  else:
+    r = btree.num_workers(stacked)
+    gamma = r / jnp.maximum(jnp.sum(byzantine), 1).astype(jnp.float32)
+  boosted = jax.tree.map(
+      lambda x: btree.saturate(jnp.asarray(x) * gamma.astype(x.dtype)),
+      stacked)
+  return _replace_rows(stacked, byzantine, boosted)
 
 
 @_attack
@@ -629,6 +686,7 @@ def _factory(attack, *, keyed: str):
 
 gaussian_noise_attack = _factory(gaussian_noise, keyed="required")
 bit_flip_attack = _factory(bit_flip, keyed="no")
+model_replacement_attack = _factory(model_replacement, keyed="no")
 sign_flip_attack = _factory(sign_flip, keyed="no")
 random_gaussian_attack = _factory(random_gaussian, keyed="required")
 alie_attack = _factory(alie, keyed="no")

@@ -68,7 +68,9 @@ class Simulation:
       state stacked on a leading ``R`` axis.
     attack: optional gradient attack over the stacked updates; its ``update``
       receives the keyword extra args ``byzantine`` (bool ``[R]``) and
-      ``key``.
+      ``key``; its ``init`` receives the parameters, like any optax
+      transform (a stateful attack such as
+      :func:`byzjax.attacks.mimic_attack` keeps trees shaped like them).
     data_attack: optional ``(key, x, y) -> (x, y)`` applied to the batch of
       each Byzantine worker before its gradient.
     num_byzantine: how many workers are Byzantine (int or traced scalar, so
@@ -246,10 +248,9 @@ def init(sim: Simulation, params: PyTree, key: jax.Array) -> TrainState:
   if sim.worker_tx is not None:
     worker_state = jax.vmap(lambda _: sim.worker_tx.init(params))(
         jnp.arange(sim.num_workers))
-  stacked_like = jax.tree.map(
-      lambda p: jnp.zeros((sim.num_workers,) + jnp.shape(p), jnp.result_type(p)),
-      params)
-  attack_state = () if sim.attack is None else sim.attack.init(stacked_like)
+  # Like any optax transform, the attack is initialised with the parameters
+  # (stateful attacks such as mimic_attack keep trees shaped like them).
+  attack_state = () if sim.attack is None else sim.attack.init(params)
   return TrainState(
       params=params,
       worker_state=worker_state,

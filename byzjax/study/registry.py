@@ -39,6 +39,7 @@ import optax
 
 from byzjax import aggregators
 from byzjax import models
+from byzjax.attacks import adaptive as adaptive_attacks
 from byzjax.attacks import data as data_attacks
 from byzjax.attacks import gradient as gradient_attacks
 from byzjax.transforms.aggregate import aggregate
@@ -318,6 +319,103 @@ _ATTACK_FUNCTIONS = {
 
 _DATA_ATTACKS_WITH_CLASSES = ("label_flip", "label_shift")
 
+# --- Adaptive gradient attacks (byzjax.attacks.adaptive) -------------------
+# Kept in one block. "optimized_alie"/"optimized_ipm" search the scale that
+# does the most damage to an aggregator: the runner passes the cell's
+# defense rule (with its f-dependent defaults for the R rows the attack
+# sees; pre-aggregation is not part of the target), see
+# `target_aggregator` and `build_gradient_attack(..., aggregator=)`.
+
+TARGETED_ATTACKS = ("optimized_alie", "optimized_ipm")
+
+
+def _targeted(factory):
+  """``factory(aggregator=mean, **args)``: the config check builds it alone."""
+  def build(*, aggregator=None, **args):
+    return factory(aggregator=aggregator or aggregators.mean, **args)
+  build.__name__ = factory.__name__
+  return build
+
+
+# Signatures only: the arguments a config may give (no aggregator, no
+# return_info, no num_byzantine: the runner supplies those).
+def _mimic_args(*, warmup=1, target=None):
+  del warmup, target
+
+
+def _search_args(*, scale_range=(0.0, 10.0), num_candidates=16,
+                 num_refinements=2, batch_size=None):
+  del scale_range, num_candidates, num_refinements, batch_size
+
+
+def _min_max_args(*, perturbation="unit_vec", tol=1e-5, max_iters=100):
+  del perturbation, tol, max_iters
+
+
+def _fang_krum_args(*, threshold=1e-5, max_iters=200):
+  del threshold, max_iters
+
+
+ATTACKS.update({
+    "mimic": AttackSpec(
+        "gradient", adaptive_attacks.mimic_attack,
+        description="Karimireddy et al. 2022: every Byzantine worker copies "
+        "one honest worker (the one farthest along the honest updates' "
+        "top principal direction)"),
+    "optimized_alie": AttackSpec(
+        "gradient", _targeted(adaptive_attacks.optimized_alie_attack),
+        description="ALIE with the z that moves the cell's defense farthest "
+        "from the honest mean (ByzFL's Opt-ALIE criterion)"),
+    "optimized_ipm": AttackSpec(
+        "gradient", _targeted(adaptive_attacks.optimized_ipm_attack),
+        description="IPM with the epsilon that moves the cell's defense "
+        "farthest from the honest mean (ByzFL's Opt-IPM criterion)"),
+    "min_max": AttackSpec(
+        "gradient", adaptive_attacks.min_max_attack,
+        description="Shejwalkar & Houmansadr 2021: mean + gamma p, largest "
+        "gamma keeping the max distance to honest updates within theirs"),
+    "min_sum": AttackSpec(
+        "gradient", adaptive_attacks.min_sum_attack,
+        description="Shejwalkar & Houmansadr 2021: as min_max with the sum "
+        "of squared distances"),
+    "fang_trimmed_mean": AttackSpec(
+        "gradient", adaptive_attacks.fang_trimmed_mean_attack, keyed=True,
+        description="Fang et al. 2020: values beyond the honest extremes, "
+        "against trimmed mean"),
+    "fang_median": AttackSpec(
+        "gradient", adaptive_attacks.fang_trimmed_mean_attack, keyed=True,
+        description="Fang et al. 2020: the trimmed-mean attack, which the "
+        "paper also uses against the median"),
+    "fang_krum": AttackSpec(
+        "gradient", adaptive_attacks.fang_krum_attack,
+        description="Fang et al. 2020: -lambda sign(mean) with the largest "
+        "lambda Krum still selects"),
+})
+
+_ATTACK_FUNCTIONS.update({
+    "mimic": _mimic_args,
+    "optimized_alie": _search_args,
+    "optimized_ipm": _search_args,
+    "min_max": _min_max_args,
+    "min_sum": _min_max_args,
+    "fang_trimmed_mean": adaptive_attacks.fang_trimmed_mean,
+    "fang_median": adaptive_attacks.fang_trimmed_mean,
+    "fang_krum": _fang_krum_args,
+})
+
+
+def target_aggregator(rule: str, args: Mapping[str, Any], r: int, f: int,
+                      key: jax.Array) -> Callable[[Any], Any]:
+  """The defense rule as a function ``stacked -> aggregate`` for ``R = r``.
+
+  What an optimised attack searches against: the rule with the cell's
+  ``f``-dependent defaults for the ``r`` rows the attack sees, and ``args``.
+  """
+  kwargs = {**RULES[rule].defaults(r, f), **args}
+  return lambda updates: _call_rule(rule, updates, kwargs, key)
+
+# --- end of the adaptive gradient attacks block ----------------------------
+
 
 def _attack_params(name: str) -> list[str]:
   spec = ATTACKS[name]
@@ -345,10 +443,15 @@ def check_attack_args(name: str, args: Mapping[str, Any], error) -> None:
     raise error(f"[grid] attack {name!r}: {e}") from e
 
 
-def build_gradient_attack(name: str, args: Mapping[str, Any], key: jax.Array):
+def build_gradient_attack(name: str, args: Mapping[str, Any], key: jax.Array,
+                          *, aggregator: Callable[[Any], Any] | None = None):
+  """The attack transform; ``aggregator`` is the target of the optimised
+  attacks (:data:`TARGETED_ATTACKS`), ignored by the others."""
   spec = ATTACKS[name]
   if spec.kind != "gradient":
     return None
+  if name in TARGETED_ATTACKS and aggregator is not None:
+    args = {**args, "aggregator": aggregator}
   return spec.fn(**({"key": key} if spec.keyed else {}), **args)
 
 

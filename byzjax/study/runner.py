@@ -134,7 +134,11 @@ def build_for(config: StudyConfig, task: tasks_lib.Task, cell: Cell):
         loss_fn=_with_weight_decay(task.fns.loss, t.weight_decay),
         server_tx=optax.chain(*chain),
         num_workers=r, batch_size=t.batch_size, worker_tx=worker_tx,
-        attack=registry.build_gradient_attack(a.name, dict(a.args), k_att),
+        attack=registry.build_gradient_attack(
+            a.name, dict(a.args), k_att,
+            aggregator=(registry.target_aggregator(
+                d.rule, dict(d.args), r, f, jax.random.fold_in(k_def, 99))
+                        if a.name in registry.TARGETED_ATTACKS else None)),
         data_attack=registry.build_data_attack(a.name, dict(a.args),
                                                num_classes=task.num_classes),
         num_byzantine=num_byzantine,
