@@ -88,3 +88,39 @@ def start_vector(m):
   index = jnp.arange(1, m.shape[0] + 1, dtype=m.dtype)
   fixed = normalize(jnp.cos(GOLDEN_ANGLE * index))
   return diag + TIE_BREAK * fixed
+
+
+def weighted_top_direction(gram: jax.Array, c: jax.Array, floor: jax.Array,
+                           *, power_iters: int, power_tol: float
+                           ) -> tuple[jax.Array, jax.Array]:
+  """Top direction of the ``c``-weighted scatter of the rows, in worker space.
+
+  With :math:`\\mu = \\sum_j c_j x_j / \\sum_j c_j`, the scatter
+  :math:`S = \\sum_i c_i (x_i - \\mu)(x_i - \\mu)^\\top` and its top unit
+  eigenvector ``v``, returns ``(v' S v, p)`` where
+  :math:`p_i = \\langle x_i - \\mu, v\\rangle` for every row (also those
+  with :math:`c_i = 0`), computed from the Gram matrix ``gram`` of the rows
+  alone: :math:`K_c = (I - \\mathbf{1} w^\\top) K (I - w \\mathbf{1}^\\top)`,
+  :math:`M = C^{1/2} K_c C^{1/2}` shares its non-zero eigenvalues with
+  :math:`S`, and for its top eigenvector ``u`` (bounded power iteration),
+  :math:`p = K_c C^{1/2} u / \\sqrt{u^\\top M u}`. Below ``floor`` (the
+  rounding noise of :math:`K_c`) there is no direction: ``p = 0``.
+  """
+  tiny = jnp.finfo(gram.dtype).tiny
+  w = c / jnp.maximum(jnp.sum(c), tiny)
+  kw = matvec(gram, w)
+  kc = gram - kw[None, :] - kw[:, None] + jnp.dot(w, kw)
+  sqrt_c = jnp.sqrt(jnp.maximum(c, 0.0))
+  m = sqrt_c[:, None] * kc * sqrt_c[None, :]
+  u, _ = top_eigenvector(m, start_vector(m), num_iters=power_iters,
+                         tol=power_tol)
+  # With Y = C^{1/2} G_c (rows sqrt(c_i) (x_i - mu)), M = Y Y' and the unit
+  # direction in update space is v = Y'u / ||Y'u||, ||Y'u||^2 = u'Mu. Row
+  # i's projection is p_i = <x_i - mu, v> = (G_c Y' u)_i / ||Y'u||
+  # = (K_c C^{1/2} u)_i / sqrt(u'Mu). For an exact eigenpair (lam, u),
+  # K_c C^{1/2} u = C^{-1/2} M u = lam C^{-1/2} u, so p_i^2 =
+  # lam u_i^2 / c_i; the K_c form also covers c_i = 0 and an inexact u.
+  rayleigh = jnp.dot(u, matvec(m, u))  # ||Y' u||^2 = v' S v
+  p = matvec(kc, sqrt_c * u) / jnp.sqrt(jnp.maximum(rayleigh, tiny))
+  ok = rayleigh > floor
+  return jnp.where(ok, rayleigh, 0.0), jnp.where(ok, p, 0.0)

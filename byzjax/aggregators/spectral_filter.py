@@ -50,9 +50,8 @@ import jax.numpy as jnp
 from byzjax import _checks
 from byzjax import tree as btree
 from byzjax._public import public
-from byzjax.aggregators._spectral import matvec as _matvec
-from byzjax.aggregators._spectral import start_vector as _start_vector
-from byzjax.aggregators._spectral import top_eigenvector
+from byzjax.aggregators._spectral import top_eigenvector  # noqa: F401 (re-export)
+from byzjax.aggregators._spectral import weighted_top_direction
 
 PyTree = Any
 
@@ -103,26 +102,12 @@ def _scores(gram, c, floor, *, power_iters, power_tol):
 
   ``floor`` is the rounding-noise level of ``K_c``: when ``u' M u`` is below
   it there is no direction to speak of (e.g. identical workers) and the
-  projections are zero instead of noise divided by a tiny norm.
+  projections are zero instead of noise divided by a tiny norm. See
+  :func:`byzjax.aggregators._spectral.weighted_top_direction`.
   """
-  tiny = jnp.finfo(gram.dtype).tiny
-  w = c / jnp.maximum(jnp.sum(c), tiny)
-  kw = _matvec(gram, w)
-  # K_c = (I - 1 w') K (I - w 1'), an O(R^2) update of the one Gram matrix.
-  kc = gram - kw[None, :] - kw[:, None] + jnp.dot(w, kw)
-  sqrt_c = jnp.sqrt(c)
-  m = sqrt_c[:, None] * kc * sqrt_c[None, :]
-  u, _ = top_eigenvector(m, _start_vector(m), num_iters=power_iters,
-                         tol=power_tol)
-  # With Y = C^{1/2} G_c (rows sqrt(c_i) (g_i - mu)), M = Y Y' and the unit
-  # direction in update space is v = Y'u / ||Y'u||, ||Y'u||^2 = u'Mu. Worker
-  # i's projection is p_i = <g_i - mu, v> = (G_c Y' u)_i / ||Y'u||
-  # = (K_c C^{1/2} u)_i / sqrt(u'Mu). For an exact eigenpair (lam, u),
-  # K_c C^{1/2} u = C^{-1/2} M u = lam C^{-1/2} u, so tau_i = p_i^2 =
-  # lam u_i^2 / c_i; the K_c form also covers c_i = 0 and an inexact u.
-  rayleigh = jnp.dot(u, _matvec(m, u))  # ||Y' u||^2
-  p = _matvec(kc, sqrt_c * u) / jnp.sqrt(jnp.maximum(rayleigh, tiny))
-  return jnp.where(rayleigh > floor, p, 0.0)
+  _, p = weighted_top_direction(gram, c, floor, power_iters=power_iters,
+                                power_tol=power_tol)
+  return p
 
 
 @public
@@ -236,7 +221,7 @@ def spectral_filter(
       :math:`\\operatorname{diag}(M) = (c_i \\|g_i - \\mu\\|^2)_i`,
       normalized, plus 0.1 times a fixed unit vector
       :math:`\\propto (\\cos(2.39996 (i+1)))_i` that breaks symmetric ties
-      (see ``_start_vector``).
+      (see ``byzjax.aggregators._spectral.start_vector``).
     return_info: also return a :class:`SpectralFilterInfo` (statistic,
       threshold and scores in squared units of the updates; they saturate to
       ``inf`` only if the honest spread itself exceeds about 1e19).
