@@ -30,6 +30,10 @@ PyTree = Any
 NOISE_FACTOR = 16.0
 
 
+# Scores within TIE_TOL * eps (relative) of the largest tie with it.
+TIE_TOL = 64.0
+
+
 class CAFInfo(NamedTuple):
   """Diagnostics of :func:`caf`."""
   weights: jax.Array     # float, shape [R]: weights c_i of the returned round
@@ -83,7 +87,10 @@ def caf(
   :math:`C^{1/2} K_c C^{1/2}` (worker space, see
   :func:`~byzjax.aggregators._spectral.weighted_top_direction`), not from a
   ``d x d`` covariance; and a round whose covariance is rounding noise
-  (e.g. identical workers) ends the loop instead of dividing by zero.
+  (e.g. identical workers) ends the loop instead of dividing by zero, and
+  scores within :math:`64\\epsilon` (relative) of :math:`\\tau_{\\max}` count
+  as ties with it (weight exactly zero, as identical rows get in exact
+  arithmetic).
 
   Erasures (rows with a NaN or Inf entry) start with weight zero and count
   among the ``f`` (the loop still stops at total weight ``R - 2f``). The
@@ -152,7 +159,12 @@ def caf(
 
   def body_fn(s):
     active = s.c > 0
-    floor = noise * jnp.max(jnp.where(active, diag, 0.0))
+    # Rounding noise of M = C^1/2 K_c C^1/2: entry i carries about
+    # eps * c_i (K_ii + sqrt(K_ii) sum_k w_k sqrt(K_kk)), so a far row with
+    # a tiny weight does not raise the floor above the honest spread.
+    w = s.c / jnp.maximum(jnp.sum(s.c), tiny)
+    spread = jnp.sum(w * jnp.sqrt(diag))
+    floor = noise * jnp.max(s.c * (diag + jnp.sqrt(diag) * spread))
     scatter, p = weighted_top_direction(
         gram, s.c, floor, power_iters=power_iters, power_tol=power_tol)
     lam = scatter / jnp.maximum(jnp.sum(s.c), tiny)
@@ -162,11 +174,13 @@ def caf(
     tau = jnp.where(active, jnp.square(p), 0.0)
     tau_max = jnp.max(tau)
     done = ~(tau_max > 0)
-    # The worker(s) at tau_max lose all weight exactly: under jit the
-    # quotient tau / tau_max can round to just below 1 and leave a tiny
-    # weight on the farthest row, which then sets tau_max forever.
+    # The worker(s) at tau_max lose all weight exactly. Scores that tie
+    # with tau_max up to rounding (identical rows: equal in exact
+    # arithmetic) count as ties; otherwise a duplicate of the farthest row
+    # would keep a weight of ~eps and, if far enough, still pull the mean.
     ratio = jnp.clip(tau / jnp.maximum(tau_max, tiny), 0.0, 1.0)
-    c = jnp.where(tau >= tau_max, 0.0, s.c * (1.0 - ratio))
+    tie = tau >= tau_max * (1.0 - TIE_TOL * jnp.finfo(dtype).eps)
+    c = jnp.where(tie, 0.0, s.c * (1.0 - ratio))
     c = jnp.where(done, s.c, c)
     return _State(c, best_c, best_lam, s.num_rounds + 1, done)
 
