@@ -75,10 +75,10 @@ def caf(
   seen so far, then with :math:`\\tau_i = \\langle x_i - \\mu_c, v\\rangle^2`
   and :math:`\\tau_{\\max} = \\max_{c_i > 0} \\tau_i`, set
   :math:`c_i \\leftarrow c_i (1 - \\tau_i / \\tau_{\\max})`. Return the
-  remembered :math:`\\mu_c`. This is CAF as stated by Allouah et al. (ICML
-  2025, their Algorithm "CAF"; the paper's text is not in this repository, so
-  the statement follows its description in ByzFL's documentation, which
-  is by the same group). The worker with the largest score loses all its
+  remembered :math:`\\mu_c`. This is CAF of Allouah et al. (ICML 2025) as
+  this module's author knows it; the paper's text is not in this repository
+  and the statement (in particular the stopping rule
+  :math:`\\sum_i c_i > R - 2f`) was not checked against it here. The worker with the largest score loses all its
   weight in every round, so there are at most ``R`` rounds. With ``f = 0``
   no round runs and the mean of the live workers is returned.
 
@@ -127,9 +127,8 @@ def caf(
     0.0
 
   References:
-    Allouah, Guerraoui, Gupta, Jellouli, Rizk & Stephan, `Towards
-    Trustworthy Federated Learning with Untrusted Participants
-    <https://arxiv.org/abs/2505.01874>`_, ICML 2025 (CAF).
+    Allouah et al., ICML 2025 (CAF, the covariance-bound agnostic filter;
+    cited as in issue 8, title and equation numbers not verified here).
 
     Diakonikolas, Kamath, Kane, Li, Moitra & Stewart, `Robust Estimators in
     High Dimensions without the Computational Intractability

@@ -89,8 +89,9 @@ def dnc(
 ) -> PyTree | tuple[PyTree, DnCInfo]:
   """Divide-and-conquer (DnC) aggregation.
 
-  For each of ``num_iters`` iterations (Shejwalkar & Houmansadr, Section V,
-  Algorithm 2): sample ``b`` = ``sub_dim`` coordinates :math:`r` uniformly
+  For each of ``num_iters`` iterations (Shejwalkar & Houmansadr, their DnC
+  algorithm; the paper's text is not in this repository, so the section and
+  algorithm number are not quoted): sample ``b`` = ``sub_dim`` coordinates :math:`r` uniformly
   without replacement (all coordinates if ``b >= d``), form the sub-vectors
   :math:`x_{i,r}`, their mean :math:`\\mu_r`, the top right singular vector
   :math:`v` of the centred matrix :math:`[x_{i,r} - \\mu_r]_i`, the scores
@@ -104,14 +105,17 @@ def dnc(
   ``filter_frac``).
 
   Defaults. ``sub_dim = 10000``, ``num_iters = 1`` and ``filter_frac = 1``
-  are the values commonly used with DnC by the peer libraries (ByzFL's
-  ``DnC`` has the same three parameters); the paper's own text is not in this
-  repository, so they are not checked against it here. With ``c f``
+  are the values this module's author recalls from the paper and the peer
+  libraries; the paper's own text is not in this repository, so they are not
+  checked against it here. With ``c f``
   fractional, :math:`\\lfloor c f \\rfloor` workers are removed per
   iteration. The intersection can become empty when ``num_iters * c f >= R``;
   the aggregate is then zeros (no step) and ``info.selected`` is all False.
 
-  Randomness only from ``key``; the same key gives the same coordinates. In
+  Randomness only from ``key``: iteration ``t`` samples
+  ``jax.random.choice(jax.random.split(key, num_iters)[t], d, (b,),
+  replace=False)`` (global coordinate indices, leaves in tree order), so the
+  same key gives the same coordinates. In
   an optax chain pass a fresh key per step with
   ``byzjax.aggregate(dnc, key=key, key_per_step=True, ...)`` (the key lives
   in the transform's state and is split on every update).
@@ -156,7 +160,7 @@ def dnc(
     Shejwalkar & Houmansadr, `Manipulating the Byzantine: Optimizing Model
     Poisoning Attacks and Defenses for Federated Learning
     <https://www.ndss-symposium.org/ndss-paper/manipulating-the-byzantine-optimizing-model-poisoning-attacks-and-defenses-for-federated-learning/>`_,
-    NDSS 2021 (Section V, Algorithm 2).
+    NDSS 2021.
   """
   r = btree.num_workers(updates)
   f = _checks.check_int("num_byzantine", num_byzantine, low=0)

@@ -80,7 +80,7 @@ def mda(
   subset of Rousseeuw's minimum volume ellipsoid idea, used by them as a
   robust averaging rule with :math:`R \\ge 2f + 1`); the paper's text is not
   in this repository, so the section and equation number are not quoted
-  here. ByzFL's ``MDA`` uses the same definition. Ties between subsets of
+  here. Ties between subsets of
   equal diameter are broken by the lexicographic order of the *removed*
   sets (the first set of removed indices wins), so the result is
   permutation invariant except on exact ties.
@@ -132,9 +132,9 @@ def mda(
   References:
     El Mhamdi, Guerraoui & Rouault, `The Hidden Vulnerability of
     Distributed Learning in Byzantium <https://arxiv.org/abs/1802.07927>`_,
-    ICML 2018; also stated as MDA in El Mhamdi, Guerraoui & Rouault,
-    `Distributed Momentum for Byzantine-resilient Stochastic Gradient
-    Descent <https://openreview.net/forum?id=H8UHdhWG6A3>`_, ICLR 2021.
+    ICML 2018 (section not verified here); MDA is also used in El Mhamdi,
+    Guerraoui & Rouault, Distributed Momentum for Byzantine-resilient
+    Stochastic Gradient Descent, ICLR 2021.
 
     Rousseeuw, Multivariate estimation with high breakdown point,
     Mathematical Statistics and Applications, 1985.

@@ -83,8 +83,8 @@ def smea(
     \\operatorname{SMEA}(x_1, \\dots, x_R) = \\bar x_{S^\\star}
     = \\frac{1}{R - f} \\sum_{i \\in S^\\star} x_i
 
-  (Allouah et al., ICML 2023, the SMEA rule of their Section 4; the paper's
-  text is not in this repository, so the equation number is not quoted).
+  (Allouah et al., ICML 2023; the paper's text is not in this repository,
+  so no section or equation number is quoted).
   The covariance is normalised by :math:`|S|`; normalising by
   :math:`|S| - 1` instead (as some implementations do) scales every
   subset's score by the same factor and selects the same set. Ties between
@@ -129,9 +129,9 @@ def smea(
     [0.3333333432674408, 0.3333333432674408]
 
   References:
-    Allouah, Guerraoui, Gupta, Pinot & Stephan, `On the Privacy-Robustness-
-    Utility Trilemma in Distributed Learning
-    <https://arxiv.org/abs/2302.04787>`_, ICML 2023 (SMEA).
+    Allouah, Guerraoui, Gupta, Pinot & Stephan, On the Privacy-Robustness-
+    Utility Trilemma in Distributed Learning, ICML 2023 (SMEA; section and
+    equation not verified here).
   """
   r = btree.num_workers(updates)
   f = _checks.check_int("num_byzantine", num_byzantine, low=0)
