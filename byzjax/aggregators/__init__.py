@@ -63,6 +63,8 @@ from byzjax.aggregators.monna import MoNNAInfo
 from byzjax.aggregators.norm_threshold import norm_threshold
 from byzjax.aggregators.norm_threshold import NormThresholdInfo
 from byzjax.aggregators.sign_vote import sign_majority_vote
+from byzjax.aggregators.signguard import signguard
+from byzjax.aggregators.signguard import SignGuardInfo
 from byzjax.aggregators.sign_vote import SignVoteInfo
 from byzjax.aggregators.smea import smea
 from byzjax.aggregators.smea import SMEAInfo

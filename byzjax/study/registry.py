@@ -171,9 +171,11 @@ RULES.update({
                     _half, "f < R/2"),
     "dnc": RuleSpec(aggregators.dnc, lambda r, f: {"num_byzantine": f},
                     _half, "f < R/2"),
+    "signguard": RuleSpec(aggregators.signguard, _no_defaults, _half,
+                          "f < R/2"),
 })
 # Randomized rules whose key is split on every step (fresh randomness).
-KEY_PER_STEP = frozenset({"dnc"})
+KEY_PER_STEP = frozenset({"dnc", "signguard"})
 # --- end of issue 8 aggregators ----------------------------------------------
 
 

@@ -31,7 +31,7 @@ def test_new_rules_are_registered_and_checked():
   two["grid"]["defenses"] = ["mda", "dnc"]
   cfg = study.load_config(two)
   assert [d.label for d in cfg.defenses] == ["mda", "dnc"]
-  assert {"smea", "caf"} <= set(registry.RULES)
+  assert {"smea", "caf", "signguard"} <= set(registry.RULES)
   assert registry.RULES["dnc"].defaults(8, 2) == {"num_byzantine": 2}
   assert "dnc" in registry.KEY_PER_STEP
   # C(40, 10) subsets: refused when the config is checked, naming the bound.
