@@ -26,6 +26,9 @@ defense is told ``f``):
   ``max_subsets`` is refused when the config is checked), ``caf`` and
   ``dnc``: ``num_byzantine = f``. ``dnc`` draws fresh coordinates every step
   (``aggregate(..., key_per_step=True)``, key from the cell's seed).
+* ``signguard``: not told ``f`` (its norm bounds, 0.1 and 3 times the
+  median, and its clustering need none); fresh coordinates every step, like
+  ``dnc``.
 
 Any of these can be overridden in the defense's ``args``.
 """
