@@ -43,6 +43,7 @@ AGGREGATORS = {
     "caf": (agg.caf, {"num_byzantine": 2}),
     "dnc": (agg.dnc, {"num_byzantine": 2, "key": jax.random.key(0),
                       "sub_dim": 5}),
+    "signguard": (agg.signguard, {"key": jax.random.key(0)}),
 }
 
 

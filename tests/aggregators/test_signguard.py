@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import byzjax
 from byzjax.aggregators import signguard
 from tests import helpers
 
@@ -103,6 +105,19 @@ def test_byzantine_rows(bad):
   honest = np.delete(x, [1, 4], 0)
   assert np.all(out["w"] <= honest.max(0) + 1e-5)
   assert np.all(out["w"] >= honest.min(0) - 1e-5)
+
+
+@pytest.mark.slow
+def test_in_a_chain_with_a_fresh_key_per_step():
+  x = _attacked(3)
+  key = jax.random.key(3)
+  tx = optax.chain(byzjax.aggregate(signguard, key=key, key_per_step=True,
+                                    num_workers=R), optax.sgd(1.0))
+  params = {"w": jnp.zeros(D)}
+  upd, state = tx.update({"w": x}, tx.init(params), params)
+  want = signguard({"w": x}, key=jax.random.split(key)[1])["w"]
+  np.testing.assert_allclose(upd["w"], -want, rtol=1e-6)
+  assert not np.any(np.asarray(state[0].info.selected)[:3])
 
 
 @pytest.mark.parametrize("kwargs,match", [
