@@ -46,6 +46,7 @@ def _data(seed, r=R, d=D):
   return np.random.default_rng(seed).normal(size=(r, d)).astype(np.float32)
 
 
+@pytest.mark.slow  # one compilation (default-suite budget)
 def test_matches_oracle_with_byzantine_rows():
   # One compilation: an erased row, a row at -3e38, an inlier-ish attacker
   # and seven honest rows; f = 3.

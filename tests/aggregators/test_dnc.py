@@ -42,6 +42,7 @@ def _data(seed, r=R, d=D):
   return np.random.default_rng(seed).normal(size=(r, d)).astype(np.float32)
 
 
+@pytest.mark.slow  # one compilation (default-suite budget)
 def test_matches_oracle_with_byzantine_rows():
   # One compilation: 3 iterations of 5 of the 12 coordinates, an erased row,
   # a far row, a shifted row; f = 2, filter_frac = 1.5 (3 removed). The far

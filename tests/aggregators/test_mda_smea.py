@@ -57,7 +57,8 @@ def _data(seed, r=R, d=D):
   return np.random.default_rng(seed).normal(size=(r, d)).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", ["mda", "smea"])
+@pytest.mark.parametrize("name", [
+    "mda", pytest.param("smea", marks=pytest.mark.slow)])
 def test_matches_oracle_with_byzantine_rows(name):
   # One compilation per rule: an erased row, a row at 1e30 and seven honest
   # rows with f = 3, so the rule must also choose which honest row to drop.

@@ -64,6 +64,7 @@ def _attacked(seed):
   return x.astype(np.float32)
 
 
+@pytest.mark.slow  # one compilation (default-suite budget)
 def test_matches_oracle_and_filters_attackers():
   x = _attacked(0)
   x[5] = np.nan

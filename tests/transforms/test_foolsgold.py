@@ -52,6 +52,7 @@ def _steps(seed, num_steps=3):
   return out
 
 
+@pytest.mark.slow  # one compilation (default-suite budget)
 def test_transform_matches_oracle_and_downweights_sybils():
   steps = _steps(0)
   steps[1][5] = np.nan           # an erasure at step 2
