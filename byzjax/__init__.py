@@ -23,6 +23,7 @@ from byzjax.transforms import centered_clipping
 from byzjax.transforms import clipping
 from byzjax.transforms import compress
 from byzjax.transforms import error_feedback
+from byzjax.transforms import foolsgold
 from byzjax.transforms import nnm
 from byzjax.transforms import per_worker
 from byzjax.transforms import using_sent_norms

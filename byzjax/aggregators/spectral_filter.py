@@ -50,6 +50,8 @@ import jax.numpy as jnp
 from byzjax import _checks
 from byzjax import tree as btree
 from byzjax._public import public
+from byzjax.aggregators._spectral import top_eigenvector  # noqa: F401 (re-export)
+from byzjax.aggregators._spectral import weighted_top_direction
 
 PyTree = Any
 
@@ -86,59 +88,6 @@ class _Round(NamedTuple):
   stuck: jax.Array       # () bool: the last round would have emptied A
 
 
-def _matvec(m, v):
-  return jnp.matmul(m, v, precision=jax.lax.Precision.HIGHEST)
-
-
-def _normalize(v):
-  tiny = jnp.finfo(v.dtype).tiny
-  return v / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(v))), tiny)
-
-
-def top_eigenvector(matrix: jax.Array, v0: jax.Array, *, num_iters: int,
-                    tol: float) -> tuple[jax.Array, jax.Array]:
-  """Bounded power iteration for a symmetric PSD matrix.
-
-  Stops when the residual :math:`\\|Mu - (u^\\top M u) u\\|` is at most
-  ``tol`` times the Rayleigh quotient, or after ``num_iters`` products. Unlike
-  :func:`optax.power_iteration` it is safe on the zero matrix (returns a zero
-  vector instead of NaN), which is what identical workers produce.
-
-  Args:
-    matrix: symmetric PSD ``[n, n]`` matrix.
-    v0: starting vector ``[n]`` (need not be normalized).
-    num_iters: maximum number of matrix-vector products.
-    tol: relative residual tolerance.
-
-  Returns:
-    ``(u, num_iters_used)``: a unit vector (or zeros when ``matrix @ v0`` is
-    zero) and the number of products done after the first.
-  """
-  # Scale by the largest entry first so that squaring cannot underflow.
-  v0 = v0 / jnp.maximum(jnp.max(jnp.abs(v0)), jnp.finfo(v0.dtype).tiny)
-  v = _normalize(v0)
-  mv = _matvec(matrix, v)
-
-  def residual(v, mv):
-    lam = jnp.dot(v, mv)
-    res = jnp.sqrt(jnp.sum(jnp.square(mv - lam * v)))
-    return res, lam
-
-  def cond_fn(carry):
-    v, mv, it = carry
-    res, lam = residual(v, mv)
-    return (res > tol * lam) & (it < num_iters)
-
-  def body_fn(carry):
-    _, mv, it = carry
-    v = _normalize(mv)
-    return v, _matvec(matrix, v), it + 1
-
-  v, _, it = jax.lax.while_loop(cond_fn, body_fn,
-                                (v, mv, jnp.zeros([], jnp.int32)))
-  return v, it
-
-
 def _masked_median(x, mask):
   """Median of ``x[mask]`` (mean of the two middle values); 0 if empty."""
   n = jnp.sum(mask)
@@ -148,58 +97,17 @@ def _masked_median(x, mask):
   return jnp.where(n > 0, 0.5 * (lo + hi), 0.0)
 
 
-# Golden angle: cos(GOLDEN_ANGLE * (i + 1)) is a fixed sequence with no
-# structure in common with any configuration of workers.
-GOLDEN_ANGLE = 2.399963229728653
-# Weight of that fixed sequence in the start vector of the power iteration.
-TIE_BREAK = 0.1
-
-
-def _start_vector(m):
-  """Deterministic start ``v0`` for the power iteration on ``M``.
-
-  ``diag(M)_i = c_i ||g_i - mu||^2`` is permutation-equivariant and largest on
-  the far workers that the top direction is made of. It cannot be the whole
-  start: any permutation-equivariant start is orthogonal to a top eigenvector
-  that is odd under a symmetry of the configuration (two equal clusters placed
-  symmetrically about the mean have a constant diagonal, and the constant
-  vector ``sqrt(c)`` is exactly the null vector of ``M``). A fixed sequence
-  ``cos(GOLDEN_ANGLE * (i + 1))`` of relative weight ``TIE_BREAK`` breaks
-  such ties; once the iteration has converged the result no longer depends
-  on the start, so permutation invariance holds up to ``power_tol``.
-  """
-  diag = _normalize(jnp.diagonal(m) / jnp.maximum(
-      jnp.max(jnp.diagonal(m)), jnp.finfo(m.dtype).tiny))
-  index = jnp.arange(1, m.shape[0] + 1, dtype=m.dtype)
-  fixed = _normalize(jnp.cos(GOLDEN_ANGLE * index))
-  return diag + TIE_BREAK * fixed
-
-
 def _scores(gram, c, floor, *, power_iters, power_tol):
   """Signed projections ``p_i`` of the centred rows on the top direction.
 
   ``floor`` is the rounding-noise level of ``K_c``: when ``u' M u`` is below
   it there is no direction to speak of (e.g. identical workers) and the
-  projections are zero instead of noise divided by a tiny norm.
+  projections are zero instead of noise divided by a tiny norm. See
+  :func:`byzjax.aggregators._spectral.weighted_top_direction`.
   """
-  tiny = jnp.finfo(gram.dtype).tiny
-  w = c / jnp.maximum(jnp.sum(c), tiny)
-  kw = _matvec(gram, w)
-  # K_c = (I - 1 w') K (I - w 1'), an O(R^2) update of the one Gram matrix.
-  kc = gram - kw[None, :] - kw[:, None] + jnp.dot(w, kw)
-  sqrt_c = jnp.sqrt(c)
-  m = sqrt_c[:, None] * kc * sqrt_c[None, :]
-  u, _ = top_eigenvector(m, _start_vector(m), num_iters=power_iters,
-                         tol=power_tol)
-  # With Y = C^{1/2} G_c (rows sqrt(c_i) (g_i - mu)), M = Y Y' and the unit
-  # direction in update space is v = Y'u / ||Y'u||, ||Y'u||^2 = u'Mu. Worker
-  # i's projection is p_i = <g_i - mu, v> = (G_c Y' u)_i / ||Y'u||
-  # = (K_c C^{1/2} u)_i / sqrt(u'Mu). For an exact eigenpair (lam, u),
-  # K_c C^{1/2} u = C^{-1/2} M u = lam C^{-1/2} u, so tau_i = p_i^2 =
-  # lam u_i^2 / c_i; the K_c form also covers c_i = 0 and an inexact u.
-  rayleigh = jnp.dot(u, _matvec(m, u))  # ||Y' u||^2
-  p = _matvec(kc, sqrt_c * u) / jnp.sqrt(jnp.maximum(rayleigh, tiny))
-  return jnp.where(rayleigh > floor, p, 0.0)
+  _, p = weighted_top_direction(gram, c, floor, power_iters=power_iters,
+                                power_tol=power_tol)
+  return p
 
 
 @public
@@ -313,7 +221,7 @@ def spectral_filter(
       :math:`\\operatorname{diag}(M) = (c_i \\|g_i - \\mu\\|^2)_i`,
       normalized, plus 0.1 times a fixed unit vector
       :math:`\\propto (\\cos(2.39996 (i+1)))_i` that breaks symmetric ties
-      (see ``_start_vector``).
+      (see ``byzjax.aggregators._spectral.start_vector``).
     return_info: also return a :class:`SpectralFilterInfo` (statistic,
       threshold and scores in squared units of the updates; they saturate to
       ``inf`` only if the honest spread itself exceeds about 1e19).

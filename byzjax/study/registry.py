@@ -25,6 +25,13 @@ defense is told ``f``):
   after it is told ``f`` among the ``ceil(R / 2)`` bucket means.
 * ``nnm`` (Allouah et al. 2023) and ``arc`` (Allouah et al. 2025): told
   ``f``.
+* ``mda``, ``smea`` (exact enumeration; a cell with ``C(R, f)`` above their
+  ``max_subsets`` is refused when the config is checked), ``caf`` and
+  ``dnc``: ``num_byzantine = f``. ``dnc`` draws fresh coordinates every step
+  (``aggregate(..., key_per_step=True)``, key from the cell's seed).
+* ``signguard``: not told ``f`` (its norm bounds, 0.1 and 3 times the
+  median, and its clustering need none); fresh coordinates every step, like
+  ``dnc``.
 
 Any of these can be overridden in the defense's ``args``.
 """
@@ -166,6 +173,24 @@ RULES = {
 }
 
 
+# --- issue 8 aggregators (rules helper) ------------------------------------
+RULES.update({
+    "mda": RuleSpec(aggregators.mda, lambda r, f: {"num_byzantine": f},
+                    _half, "f < R/2 (and C(R, f) <= max_subsets)"),
+    "smea": RuleSpec(aggregators.smea, lambda r, f: {"num_byzantine": f},
+                     _half, "f < R/2 (and C(R, f) <= max_subsets)"),
+    "caf": RuleSpec(aggregators.caf, lambda r, f: {"num_byzantine": f},
+                    _half, "f < R/2"),
+    "dnc": RuleSpec(aggregators.dnc, lambda r, f: {"num_byzantine": f},
+                    _half, "f < R/2"),
+    "signguard": RuleSpec(aggregators.signguard, _no_defaults, _half,
+                          "f < R/2"),
+})
+# Randomized rules whose key is split on every step (fresh randomness).
+KEY_PER_STEP = frozenset({"dnc", "signguard"})
+# --- end of issue 8 aggregators ----------------------------------------------
+
+
 def _rule_params(rule: str) -> list[str]:
   params = inspect.signature(RULES[rule].fn).parameters
   return [n for n, p in params.items()
@@ -224,7 +249,8 @@ def build_aggregate(rule: str, args: Mapping[str, Any], r: int, f: int,
   params = inspect.signature(spec.fn).parameters
   if "key" in params:
     kwargs["key"] = key
-  return aggregate(spec.fn, num_workers=r, **kwargs)
+  return aggregate(spec.fn, num_workers=r,
+                   key_per_step=rule in KEY_PER_STEP, **kwargs)
 
 
 PRE_AGGREGATION = {

@@ -25,6 +25,9 @@ from byzjax.transforms.compress import using_sent_norms
 from byzjax.transforms.compress import with_norm
 from byzjax.transforms.error_feedback import error_feedback
 from byzjax.transforms.error_feedback import ErrorFeedbackState
+from byzjax.transforms.foolsgold import foolsgold
+from byzjax.transforms.foolsgold import foolsgold_weights
+from byzjax.transforms.foolsgold import FoolsGoldState
 from byzjax.transforms.nnm import nearest_neighbor_mixing
 from byzjax.transforms.nnm import nnm
 from byzjax.transforms.nnm import NNMInfo

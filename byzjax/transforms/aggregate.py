@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from byzjax import _checks
+from byzjax.aggregators._subsets import TooManySubsetsError
 
 PyTree = Any
 
@@ -31,6 +32,8 @@ class AggregateState(NamedTuple):
   """State of :func:`aggregate`."""
   last: PyTree | None   # last aggregate (params-shaped), for warm starts
   info: Any             # the aggregator's info NamedTuple from the last step
+  key: jax.Array | None = None  # PRNG key split on every update
+                                # (key_per_step=True only)
 
 
 # The probe input on which `aggregate` validates its hyperparameters when the
@@ -73,7 +76,14 @@ def _validate(aggregator: Callable[..., Any], hparams: dict, params,
       kwargs["key"] = k
     return aggregator(stacked, **kwargs)
 
-  jax.eval_shape(trace, probe, key)
+  try:
+    jax.eval_shape(trace, probe, key)
+  except TooManySubsetsError:
+    # An exact enumeration rule (mda, smea) refuses the probe's 4096
+    # workers, not the hyperparameters: the real R is checked at the first
+    # update.
+    if num_workers is not None:
+      raise
 
 
 def _stack_like(params: PyTree, num_workers: int) -> PyTree:
@@ -136,6 +146,7 @@ def aggregate(
     *,
     num_workers: int | None = None,
     warm_start: bool = False,
+    key_per_step: bool = False,
     **hparams: Any,
 ) -> optax.GradientTransformationExtraArgs:
   """Lifts a robust aggregator into an optax gradient transformation.
@@ -151,6 +162,11 @@ def aggregate(
       iterative aggregators such as
       :func:`~byzjax.aggregators.geometric_median`). The first step starts
       from zeros.
+    key_per_step: for randomized aggregators (e.g.
+      :func:`~byzjax.aggregators.dnc`): the ``key`` hyperparameter is kept
+      in the state and split on every update, so each step draws fresh
+      randomness (STYLE.md: "a key that persists lives in state"). Without
+      it a ``key`` hyperparameter is closed over and every step reuses it.
     **hparams: keyword hyperparameters closed over and passed to
       ``aggregator`` on every call.
 
@@ -193,7 +209,17 @@ def aggregate(
           f"{getattr(aggregator, '__name__', aggregator)!r} has no "
           "`return_info` argument.")
   keep_info = num_workers is not None
-  _validate(aggregator, hparams, params, accepts_any, num_workers)
+  first_key = None
+  if key_per_step:
+    if "key" not in params and not accepts_any:
+      raise ValueError(
+          "key_per_step=True needs an aggregator with a `key` argument; "
+          f"{getattr(aggregator, '__name__', aggregator)!r} has none.")
+    first_key = hparams.pop("key", None)
+    if first_key is None:
+      raise ValueError("key_per_step=True needs key=jax.random.key(...).")
+  _validate(aggregator, ({**hparams, "key": first_key} if key_per_step
+                          else hparams), params, accepts_any, num_workers)
 
   def call(updates, init, extra):
     kwargs = dict(hparams)
@@ -209,17 +235,23 @@ def aggregate(
     last = optax.tree.zeros_like(params_) if warm_start else None
     info = None
     if keep_info:
-      shapes = jax.eval_shape(
-          lambda s: call(s, None, {})[1], _stack_like(params_, num_workers))
+      probe_extra = {"key": first_key} if key_per_step else {}
+      shapes = jax.eval_shape(lambda s: call(s, None, probe_extra)[1],
+                              _stack_like(params_, num_workers))
       info = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    return AggregateState(last=last, info=info)
+    return AggregateState(last=last, info=info, key=first_key)
 
   def update_fn(updates, state, params_=None, **extra):
     _check_stacked(updates, params_, state.last if warm_start else None,
                    num_workers)
+    new_key = None
+    if key_per_step:
+      new_key, step_key = jax.random.split(state.key)
+      extra = {**extra, "key": step_key}
     # Warm start: the first step starts from zeros, which Weiszfeld-type
     # aggregators converge from like from any other point.
     agg, info = call(updates, state.last if warm_start else None, extra)
-    return agg, AggregateState(last=agg if warm_start else None, info=info)
+    return agg, AggregateState(last=agg if warm_start else None, info=info,
+                               key=new_key)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

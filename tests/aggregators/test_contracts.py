@@ -38,6 +38,12 @@ AGGREGATORS = {
     "centered_clip": (centered_clip, {"radius": 5.0}),
     "meamed": (agg.meamed, {"num_byzantine": 2}),
     "monna": (agg.monna, {"num_byzantine": 2}),
+    "mda": (agg.mda, {"num_byzantine": 2}),
+    "smea": (agg.smea, {"num_byzantine": 2}),
+    "caf": (agg.caf, {"num_byzantine": 2}),
+    "dnc": (agg.dnc, {"num_byzantine": 2, "key": jax.random.key(0),
+                      "sub_dim": 5}),
+    "signguard": (agg.signguard, {"key": jax.random.key(0)}),
 }
 
 
