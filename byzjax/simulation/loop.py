@@ -27,6 +27,7 @@ from byzjax.transforms.aggregate import AggregateState
 from byzjax.transforms.bucketing import BucketingState
 from byzjax.transforms.bucketing import bucket_of_workers
 from byzjax.transforms.centered_clipping import CenteredClippingState
+from byzjax.transforms.foolsgold import FoolsGoldState
 
 PyTree = Any
 Batch = tuple[jax.Array, jax.Array]
@@ -268,13 +269,15 @@ def aggregator_infos(server_state: optax.OptState) -> list[Any]:
   From :class:`~byzjax.transforms.aggregate.AggregateState` (``aggregate``
   with ``num_workers``) and
   :class:`~byzjax.transforms.centered_clipping.CenteredClippingState`
-  (``centered_clipping`` with ``num_workers``), in chain order.
+  (``centered_clipping`` with ``num_workers``) and
+  :class:`~byzjax.transforms.foolsgold.FoolsGoldState`, in chain order.
   """
-  kinds = (AggregateState, CenteredClippingState)
+  kinds = (AggregateState, CenteredClippingState, FoolsGoldState)
   found = [s for s in jax.tree.leaves(
       server_state, is_leaf=lambda s: isinstance(s, kinds))
-           if isinstance(s, kinds) and s.info is not None]
-  return [s.info for s in found]
+           if isinstance(s, kinds) and getattr(s, "info", s) is not None]
+  # FoolsGold's state is its own diagnostics (the last step's weights).
+  return [getattr(s, "info", s) for s in found]
 
 
 def _bucketing_state(server_state: optax.OptState) -> BucketingState | None:

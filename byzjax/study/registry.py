@@ -53,6 +53,8 @@ from byzjax.transforms.aggregate import aggregate
 from byzjax.transforms.bucketing import bucketing
 from byzjax.transforms.centered_clipping import centered_clip
 from byzjax.transforms.centered_clipping import centered_clipping
+from byzjax.transforms.foolsgold import foolsgold
+from byzjax.transforms.foolsgold import foolsgold_weights
 from byzjax.transforms.clipping import arc
 from byzjax.transforms.nnm import nnm
 
@@ -170,6 +172,11 @@ RULES = {
     # Stateful: the centre is last step's aggregate (Karimireddy et al. 2021).
     "centered_clipping": RuleSpec(centered_clip, _no_defaults, _half,
                                   "f < R/2", transform=centered_clipping),
+    # Stateful: weights from each worker's accumulated history (Fung et al.).
+    "foolsgold": RuleSpec(foolsgold_weights, _no_defaults,
+                          lambda r, f: r >= 2,
+                          "R >= 2 (no bound on f: it targets sybils)",
+                          transform=foolsgold),
 }
 
 

@@ -75,3 +75,22 @@ def test_runner_trains_with_each_new_rule(tmp_path):
   assert len(rows) == 4 * 2
   acc = np.array([r["accuracy"] for r in rows])
   assert np.all((acc >= 0) & (acc <= 1))
+
+
+def test_foolsgold_is_a_stateful_defense_whose_weights_are_diagnostics():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from byzjax.simulation import loop  # pylint: disable=g-import-not-at-top
+  one = copy.deepcopy(BASE)
+  one["grid"]["defenses"] = ["foolsgold"]
+  assert [d.label for d in study.load_config(one).defenses] == ["foolsgold"]
+  tx = registry.build_aggregate("foolsgold", {}, 4, 1, jax.random.key(0))
+  state = tx.init({"w": jnp.zeros(3)})
+  # Three sybils sending the same update and one honest worker: FoolsGold
+  # gives the sybils (almost) no weight, which the simulator reports.
+  x = jnp.asarray([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0],
+                   [-1.0, 0.5, 0.2]])
+  _, state = tx.update({"w": x}, state)
+  diag = loop.byzantine_diagnostics(state, jnp.asarray([True, True, True,
+                                                          False]))
+  assert float(diag["byz_weight"]) < 0.05
