@@ -225,6 +225,36 @@ def test_diagnostics_by_default_for_more_defenses(defense):
     assert int(metrics["honest_dropped"][-1]) == R - 2 - 2
 
 
+def test_worker_momentum_is_what_the_attack_sees_and_what_is_aggregated():
+  # Karimireddy, He & Jaggi (ICML 2021): each worker sends its momentum
+  # m_i <- beta m_i + (1 - beta) g_i, i.e. worker_tx=optax.ema(beta,
+  # debias=False); the attack must see the honest momenta, not raw gradients.
+  beta, lr, steps = 0.5, 0.1, 3
+
+  def record(updates, state, params=None, **_):
+    del state, params
+    return updates, updates  # the attack's state: what it saw
+
+  recorder = optax.GradientTransformationExtraArgs(
+      lambda p: jax.tree.map(lambda x: jnp.zeros((R,) + x.shape), p), record)
+  sim = simulation.Simulation(
+      loss_fn=_loss, server_tx=optax.chain(byzjax.aggregate(_mean),
+                                           optax.sgd(lr)),
+      num_workers=R, batch_size=N, full_batch=True, num_byzantine=0,
+      worker_tx=optax.ema(beta, debias=False), attack=recorder)
+  state = simulation.init(sim, _params(), jax.random.key(0))
+  data = _data()
+  a, y = np.asarray(data.x, np.float64), np.asarray(data.y, np.float64)
+  w, m = np.zeros(D), np.zeros((R, D))
+  for _ in range(steps):
+    state, _ = jax.jit(functools.partial(simulation.step, sim))(state, data)
+    g = np.stack([a[i].T @ (a[i] @ w - y[i]) / N for i in range(R)])
+    m = beta * m + (1 - beta) * g
+    w = w - lr * m.mean(axis=0)
+  np.testing.assert_allclose(state.attack_state["w"], m, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(state.params["w"], w, rtol=1e-4, atol=1e-6)
+
+
 def test_vmapped_sweep_matches_single_runs():
   def build(hp, key):
     sim = _sim(lr=hp["lr"])
