@@ -119,6 +119,21 @@ class Simulation:
       ``batch_size = n_max`` rows without replacement draws the same rows in
       a random order, so the gradient is the same up to float rounding, but
       the sampled path gathers a copy of the whole data every step.
+    local_steps: ``H``, local steps per round (FedAvg-style, as ByzFL,
+      blades and FLPoison offer). Each worker starts from the shared
+      parameters, runs ``H`` plain SGD steps with ``local_lr`` on ``H``
+      fresh batches of its own (each through ``data_attack`` for a Byzantine
+      worker) and sends the sum of its ``H`` local gradients,
+      :math:`\\sum_h g_i^h = (w - w_i^H) / \\eta_{local}`, i.e. its model
+      difference in gradient units; ``worker_tx``, the attack and
+      ``server_tx`` then act on it as on a gradient (FedAvg is
+      ``server_tx = optax.chain(byzjax.aggregate(mean), optax.sgd(local_lr))``).
+      ``H = 1`` (default) is the one-gradient step, the same program as
+      before. ``train_loss`` is measured at the shared parameters (the first
+      local step). The local gradients use ``vmap`` over workers
+      (``per_worker_grads`` and ``full_batch`` still choose the batches).
+    local_lr: :math:`\\eta_{local}`, the local SGD step size (required when
+      ``local_steps > 1``).
   """
   loss_fn: LossFn
   server_tx: optax.GradientTransformation
@@ -135,6 +150,8 @@ class Simulation:
   per_worker_grads: str = "auto"
   worker_chunk: int = 8
   full_batch: bool = False
+  local_steps: int = 1
+  local_lr: float | None = None
 
   def __post_init__(self):
     _checks.check_int("num_workers", self.num_workers, low=1)
@@ -147,6 +164,13 @@ class Simulation:
           f"per_worker_grads must be one of {PER_WORKER_GRADS}, got "
           f"{self.per_worker_grads!r}.")
     _checks.check_int("worker_chunk", self.worker_chunk, low=1)
+    _checks.check_int("local_steps", self.local_steps, low=1)
+    if self.local_steps > 1:
+      if self.local_lr is None:
+        raise ValueError(
+            f"local_steps={self.local_steps} needs local_lr, the workers' "
+            "local SGD step size (e.g. local_lr=0.05).")
+      _checks.check_positive("local_lr", self.local_lr)
     _check_transform("server_tx", self.server_tx,
                      "optax.chain(byzjax.aggregate(byzjax.aggregators."
                      "geometric_median), optax.sgd(lr))")
@@ -394,6 +418,51 @@ def per_worker_value_and_grad(loss_fn: LossFn, params: PyTree, batches: Batch,
   return jax.vmap(value_and_grad, in_axes=(None, 0))(params, batches)
 
 
+def _worker_batches(sim: Simulation, data: WorkerData, byzantine: jax.Array,
+                    k_batch: jax.Array, k_data_attack: jax.Array) -> Batch:
+  """Every worker's batch, through ``data_attack`` for Byzantine workers."""
+  if sim.full_batch:
+    x, y = _full_batches(data, sim.batch_size)
+  else:
+    x, y = sample_batches(k_batch, data, sim.batch_size)
+  if sim.data_attack is not None:
+    def attack_one(k, xi, yi, is_byz):
+      ax, ay = sim.data_attack(k, xi, yi)
+      return (jnp.where(is_byz, ax, xi).astype(xi.dtype),
+              jnp.where(is_byz, ay, yi).astype(yi.dtype))
+    x, y = jax.vmap(attack_one)(
+        jax.random.split(k_data_attack, sim.num_workers), x, y, byzantine)
+  return x, y
+
+
+def _local_gradient_sums(sim: Simulation, params: PyTree, data: WorkerData,
+                         byzantine: jax.Array, k_batch: jax.Array,
+                         k_data_attack: jax.Array):
+  """``H`` local SGD steps per worker (``Simulation.local_steps``).
+
+  Returns the losses at the shared parameters ``[R]`` and every worker's
+  sum of its ``H`` local gradients (stacked), as one ``lax.scan``.
+  """
+  value_and_grad = jax.vmap(jax.value_and_grad(sim.loss_fn))
+  stacked = jax.tree.map(
+      lambda p: jnp.broadcast_to(p, (sim.num_workers,) + jnp.shape(p)), params)
+
+  def local_step(carry, h):
+    local, total = carry
+    batch = _worker_batches(sim, data, byzantine,
+                            jax.random.fold_in(k_batch, h),
+                            jax.random.fold_in(k_data_attack, h))
+    losses, grads = value_and_grad(local, batch)
+    local = jax.tree.map(lambda w, g: w - sim.local_lr * g, local, grads)
+    total = jax.tree.map(jnp.add, total, grads)
+    return (local, total), losses
+
+  zeros = jax.tree.map(jnp.zeros_like, stacked)
+  (_, total), losses = jax.lax.scan(
+      local_step, (stacked, zeros), jnp.arange(sim.local_steps))
+  return losses[0], total
+
+
 def step(sim: Simulation, state: TrainState, data: WorkerData) -> tuple[
     TrainState, jax.Array]:
   """One training step; returns the new state and the honest mean loss.
@@ -412,21 +481,14 @@ def step(sim: Simulation, state: TrainState, data: WorkerData) -> tuple[
   if sim.redraw_byzantine:
     byzantine = draw_byzantine(k_byz, sim.num_workers, sim.num_byzantine)
 
-  if sim.full_batch:
-    x, y = _full_batches(data, sim.batch_size)
+  if sim.local_steps == 1:
+    x, y = _worker_batches(sim, data, byzantine, k_batch, k_data_attack)
+    losses, grads = per_worker_value_and_grad(
+        sim.loss_fn, state.params, (x, y), strategy=sim.per_worker_grads,
+        chunk=sim.worker_chunk)
   else:
-    x, y = sample_batches(k_batch, data, sim.batch_size)
-  if sim.data_attack is not None:
-    def attack_one(k, xi, yi, is_byz):
-      ax, ay = sim.data_attack(k, xi, yi)
-      return (jnp.where(is_byz, ax, xi).astype(xi.dtype),
-              jnp.where(is_byz, ay, yi).astype(yi.dtype))
-    x, y = jax.vmap(attack_one)(
-        jax.random.split(k_data_attack, sim.num_workers), x, y, byzantine)
-
-  losses, grads = per_worker_value_and_grad(
-      sim.loss_fn, state.params, (x, y), strategy=sim.per_worker_grads,
-      chunk=sim.worker_chunk)
+    losses, grads = _local_gradient_sums(sim, state.params, data, byzantine,
+                                         k_batch, k_data_attack)
 
   worker_state = state.worker_state
   updates = grads

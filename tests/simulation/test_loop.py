@@ -255,6 +255,39 @@ def test_worker_momentum_is_what_the_attack_sees_and_what_is_aggregated():
   np.testing.assert_allclose(state.params["w"], w, rtol=1e-4, atol=1e-6)
 
 
+def test_local_steps_send_the_sum_of_local_gradients():
+  # H local SGD steps from the shared parameters on full shards, then the
+  # server averages the sums of local gradients (FedAvg when the server step
+  # equals the local one): a NumPy transcription.
+  h, local_lr, lr, rounds = 3, 0.05, 0.05, 2
+  sim = simulation.Simulation(
+      loss_fn=_loss, server_tx=optax.chain(byzjax.aggregate(_mean),
+                                           optax.sgd(lr)),
+      num_workers=R, batch_size=N, full_batch=True, local_steps=h,
+      local_lr=local_lr)
+  state = simulation.init(sim, _params(), jax.random.key(0))
+  data = _data()
+  a, y = np.asarray(data.x, np.float64), np.asarray(data.y, np.float64)
+  w = np.zeros(D)
+  for _ in range(rounds):
+    state, loss = jax.jit(functools.partial(simulation.step, sim))(state, data)
+    sums, first_losses = np.zeros((R, D)), []
+    for i in range(R):
+      wi = w.copy()
+      first_losses.append(0.5 * np.mean((a[i] @ w - y[i]) ** 2))
+      for _ in range(h):
+        g = a[i].T @ (a[i] @ wi - y[i]) / N
+        sums[i] += g
+        wi = wi - local_lr * g
+    w = w - lr * sums.mean(axis=0)
+    np.testing.assert_allclose(loss, np.mean(first_losses), rtol=1e-5)
+  np.testing.assert_allclose(state.params["w"], w, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="local_lr"):
+    _sim(local_steps=2)
+  with pytest.raises(ValueError, match="local_steps"):
+    _sim(local_steps=0)
+
+
 def test_vmapped_sweep_matches_single_runs():
   def build(hp, key):
     sim = _sim(lr=hp["lr"])
