@@ -462,7 +462,8 @@ def summarize(plateau, rates, contraction, cfg, *, eps, lr, noise_std,
         for v in (sq, sqx, sn, snx)) + " |")
   sn = loglog_slope(big_n, [ls_n[s] for s in cfg["samples_per_worker"]])
   lines.append(f"| centralized LS, no attack | — | — | {sn:.3f} | — |")
-  names = ("gmom", "gmom_trim", "gmom_redraw", "gm", "mean")
+  names = [a for a in ("gmom", "gmom_trim", "gmom_redraw", "gm", "mean")
+           if (a, cfg["qs"][0], n) in contraction]
   lines += ["", "## Contraction per step (Corollary 1: ≤ ½ + √3/4 = "
             f"{COROLLARY_RATE:.3f})", "",
             "First number: the smallest ρ with e_t ≤ ρ^t e_0 over all seeds "
@@ -478,7 +479,7 @@ def summarize(plateau, rates, contraction, cfg, *, eps, lr, noise_std,
   for q in cfg["qs"]:
     cells = []
     for a in names:
-      c = contraction[(a, q, n)]
+      c = contraction.get((a, q, n), float("nan"))
       r = rates.get((a, q, n), float("nan"))
       cells.append("—" if not np.isfinite(c) and not np.isfinite(r) else
                    f"{c:.3f} / {r:.3f}")

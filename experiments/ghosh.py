@@ -537,6 +537,10 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=None,
                       help="linear-regression iterations")
   parser.add_argument("--nn-steps", type=int, default=None)
+  parser.add_argument("--byzantine", type=int, nargs="+", default=None,
+                      help="Byzantine counts alpha*m (paper: 5 10 20)")
+  parser.add_argument("--sign-lrs", type=float, nargs="*", default=None,
+                      help="signSGD step sizes to check (none: skip)")
   parser.add_argument("--nn-per-worker", type=int, default=None,
                       help="training images per worker (paper: 300)")
   parser.add_argument("--lr", type=float, default=0.5,
@@ -550,7 +554,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   cfg = dict(QUICK if args.quick else FULL)
-  for name in ("seeds", "steps", "nn_steps", "nn_per_worker"):
+  for name in ("seeds", "steps", "nn_steps", "nn_per_worker", "byzantine",
+               "sign_lrs"):
     if getattr(args, name) is not None:
       cfg[name] = getattr(args, name)
   for steps, every in (("steps", "eval_every"), ("nn_steps", "nn_eval_every")):
