@@ -12,7 +12,8 @@ With :math:`x \\in \\mathbb{R}^d` the whole update (all leaves together,
 :math:`d` the total number of entries):
 
 * :func:`sign`: :math:`\\operatorname{sign}(x)`;
-* :func:`scaled_sign`: :math:`\\tfrac{\\|x\\|_1}{d} \\operatorname{sign}(x)`;
+* :func:`scaled_sign`: :math:`\\tfrac{\\|x\\|_1}{d} \\operatorname{sign}(x)`
+  (its scale alone: :func:`l1_scale`);
 * :func:`top_k`: the :math:`k` largest :math:`|x_j|`, zeros elsewhere;
 * :func:`rand_k`: :math:`k` uniform coordinates scaled by :math:`d/k`
   (unbiased);
@@ -22,7 +23,7 @@ With :math:`x \\in \\mathbb{R}^d` the whole update (all leaves together,
   :func:`gather_coordinates`, :func:`scatter_coordinates`).
 
 ``scaled_sign`` (the :math:`\\ell_1`-QSGD of Ghosh et al.) and ``top_k`` are
-:math:`\\delta`-approximate compressors (Ghosh et al. 2020, Definition 1:
+:math:`\\delta`-approximate compressors (Ghosh et al., arXiv 2019, Definition 4:
 :math:`\\|Q(x) - x\\|^2 \\le (1 - \\delta) \\|x\\|^2`) with
 :math:`\\delta = \\|x\\|_1^2 / (d \\|x\\|_2^2)` and :math:`\\delta \\ge k/d`.
 
@@ -47,8 +48,9 @@ the whole update" is by definition a global decision.
 
 References:
   Ghosh, Maity, Kadhe, Mazumdar & Ramchandran, `Communication-Efficient and
-  Byzantine-Robust Distributed Learning with Error Feedback
-  <https://arxiv.org/abs/1911.09721>`_, 2020 (§3, compressors).
+  Byzantine-Robust Distributed Learning <https://arxiv.org/abs/1911.09721>`_,
+  arXiv:1911.09721, 2019 (§3, compressors; §7, the scaling factor
+  :math:`\|x\|_1/d`).
 
   Alistarh, Grubic, Li, Tomioka & Vojnovic, `QSGD: Communication-Efficient
   SGD via Gradient Quantization and Encoding
@@ -135,6 +137,38 @@ def l2_norm(updates: PyTree) -> jax.Array:
   return jnp.where(jnp.isnan(norm), jnp.inf, norm)
 
 
+def l1_scale(updates: PyTree) -> jax.Array:
+  """Overflow-safe scaling factor :math:`\\|x\\|_1 / d` of one update (float32).
+
+  The scalar of Ghosh et al.'s compressed message
+  :math:`C(x) = \\{\\|x\\|_1/d,\\ \\operatorname{sign}(x)\\}` (arXiv
+  version, §7), the scale of :func:`scaled_sign`; §7 thresholds on it. The
+  sum runs over :math:`x / 2^e` with :math:`2^e` just above
+  :math:`\\max_j |x_j|`, so entries of 1e30 or 3e38 give their true scale,
+  which never exceeds :math:`\\max_j |x_j|`. An input with a NaN or Inf
+  entry has scale ``inf``.
+
+  Args:
+    updates: a pytree (one worker's update, no worker axis); :math:`d` is
+      its total number of entries.
+
+  Returns:
+    A float32 scalar.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from byzjax.compression import l1_scale
+    >>> l1_scale({'w': jnp.array([-2.0, 0.0, 4.0])})
+    Array(2., dtype=float32)
+  """
+  d = _size(updates)
+  e = btree.pow2_exponent(_max_abs(updates))
+  l1_scaled = sum(jnp.sum(jnp.abs(jnp.ldexp(x.astype(jnp.float32), -e)))
+                  for x in jax.tree.leaves(updates))
+  scale = jnp.ldexp(l1_scaled / d, e)
+  return jnp.where(_all_finite(updates), scale, jnp.inf)
+
+
 def _global_scores(tree: PyTree, fn) -> jax.Array:
   # Coordinate-global selection: one float32 score per entry of the whole
   # update, concatenated in leaf order (see the module docstring).
@@ -202,7 +236,7 @@ def scaled_sign(updates: PyTree) -> PyTree:
     Q(x) = \\frac{\\|x\\|_1}{d} \\operatorname{sign}(x)
 
   A :math:`\\delta`-approximate compressor with
-  :math:`\\delta = \\|x\\|_1^2 / (d \\|x\\|_2^2)` (Ghosh et al. 2020, §3;
+  :math:`\\delta = \\|x\\|_1^2 / (d \\|x\\|_2^2)` (Ghosh et al., arXiv 2019, §3;
   Karimireddy et al. 2019). :math:`\\|x\\|_1` and :math:`d` are taken over
   the whole update (all leaves).
 
@@ -226,16 +260,13 @@ def scaled_sign(updates: PyTree) -> PyTree:
 
   References:
     Ghosh et al., `Communication-Efficient and Byzantine-Robust Distributed
-    Learning with Error Feedback <https://arxiv.org/abs/1911.09721>`_, 2020.
+    Learning <https://arxiv.org/abs/1911.09721>`_, arXiv:1911.09721, 2019
+    (§3, example 5: :math:`\\ell_1`-QSGD).
 
     Karimireddy et al., `Error Feedback Fixes SignSGD and other Gradient
     Compression Schemes <https://arxiv.org/abs/1901.09847>`_, 2019.
   """
-  d = _size(updates)
-  e = btree.pow2_exponent(_max_abs(updates))
-  l1_scaled = sum(jnp.sum(jnp.abs(jnp.ldexp(x.astype(jnp.float32), -e)))
-                  for x in jax.tree.leaves(updates))
-  scale = jnp.ldexp(l1_scaled / d, e)
+  scale = l1_scale(updates)  # inf for a non-finite input: NaN out below
   out = jax.tree.map(lambda x: (jnp.sign(x) * scale).astype(x.dtype), updates)
   return _keep_erasure(updates, out)
 
@@ -247,7 +278,7 @@ def top_k(updates: PyTree, *, k: int) -> PyTree:
     Q(x)_j = x_j \\, \\mathbb{1}[j \\in \\operatorname{top}_k(|x|)]
 
   A :math:`\\delta`-approximate compressor with :math:`\\delta \\ge k/d`
-  (Ghosh et al. 2020, §3). The selection is coordinate-global: the ``k``
+  (Ghosh et al., arXiv 2019, §3). The selection is coordinate-global: the ``k``
   largest :math:`|x_j|` over all leaves together (their scores are
   concatenated once; see the module docstring). Exactly ``k`` entries are
   kept (ties broken by position).

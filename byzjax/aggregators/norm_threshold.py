@@ -1,12 +1,13 @@
 """Norm thresholding: drop the updates with the largest norms, average the rest.
 
-Ghosh et al. (2019) make distributed SGD robust to Byzantine workers, and
-compatible with gradient compression, by a simple server rule: sort the
-workers by the norm of what they sent, discard the :math:`\\beta` fraction
-with the largest norms and average the others. In the compressed setting the
-workers send a compressed vector together with the norm of the uncompressed
-(or error-compensated) one, and the threshold is taken on the norms that were
-sent; :func:`norm_threshold` takes those through its ``norms`` argument.
+Ghosh et al. (arXiv:1911.09721, 2019) make distributed SGD robust to
+Byzantine workers, and compatible with gradient compression, by a simple
+server rule: sort the workers by the norm of what they sent, discard the
+:math:`\\beta` fraction with the largest norms and average the others. In
+the compressed setting the workers send a compressed vector together with a
+norm of the uncompressed (or error-compensated) one, and the threshold is
+taken on the norms that were sent; :func:`norm_threshold` takes those
+through its ``norms`` argument.
 """
 
 from typing import Any, NamedTuple
@@ -47,9 +48,14 @@ def norm_threshold(
     \\operatorname{NT}_\\beta(x_1, \\dots, x_R) =
     \\frac{1}{|U|} \\sum_{i \\in U} x_i
 
-  (Ghosh et al., Algorithm 1, the "norm based thresholding" step of the
-  server; Algorithm 2 applies the same rule to compressed updates, ranking by
-  the norms the workers send alongside). The norms are computed
+  (Ghosh et al., arXiv version, the "norm based thresholding" step of the
+  server in Algorithms 1 and 2: Algorithm 1 ranks by a norm of the
+  uncompressed gradient that each worker sends alongside its compressed one,
+  pass it as ``norms``; Algorithm 2 ranks by the norms of the compressed
+  messages themselves, ``norms=None`` on the messages. The paper's
+  experiments, §7, rank by the sent scaling factor :math:`\\|g\\|_1/d` of
+  the :math:`\\ell_1`-QSGD message, see
+  :func:`byzjax.transforms.compress.with_norm`). The norms are computed
   overflow-safely (:func:`byzjax.tree.worker_norms`), so rows of 3e38 are
   ranked by their true, huge norms.
 
@@ -72,7 +78,8 @@ def norm_threshold(
       dropped (a Python float); ``ceil(beta * R)`` workers are dropped and at
       least one must remain.
     norms: optional norm side information, shape ``[R]``: the norms the
-      workers reported (e.g. of their uncompressed updates), used for the
+      workers reported (e.g. of their uncompressed updates, any norm or the
+      scaling factor :math:`\\|g\\|_1/d`), used for the
       ranking instead of the norms of ``updates``. Non-finite entries rank as
       the largest; erased rows are dropped whatever their reported norm.
     return_info: also return a :class:`NormThresholdInfo`.
@@ -90,8 +97,9 @@ def norm_threshold(
 
   References:
     Ghosh, Maity, Kadhe, Mazumdar & Ramchandran, `Communication-Efficient and
-    Byzantine-Robust Distributed Learning with Error Feedback
-    <https://arxiv.org/abs/1911.09721>`_, 2019 (Algorithms 1 and 2).
+    Byzantine-Robust Distributed Learning
+    <https://arxiv.org/abs/1911.09721>`_, arXiv:1911.09721, 2019
+    (Algorithms 1 and 2; §7).
   """
   r = btree.num_workers(updates)
   beta = _checks.check_fraction("trim_fraction", trim_fraction)

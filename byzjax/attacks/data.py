@@ -73,8 +73,8 @@ def label_flip(num_classes: int) -> DataAttack:
 def label_shift(num_classes: int) -> DataAttack:
   """Deterministic label shift :math:`y \\mapsto (C - 1) - y`.
 
-  Ghosh et al. (2020, §6) corrupt the Byzantine workers' MNIST labels as
-  :math:`y \\mapsto 9 - y`.
+  Ghosh et al. (arXiv:1911.09721, §7) corrupt the Byzantine workers' MNIST
+  labels as :math:`y \\mapsto 9 - y`.
 
   Args:
     num_classes: the number of classes :math:`C`, a Python int >= 2.

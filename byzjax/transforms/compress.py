@@ -2,8 +2,8 @@
 
 ``compress(compressor, **hparams)`` lifts a pure compressor into a
 single-worker transform; ``with_norm(tx)`` makes a worker's message carry the
-norm of its uncompressed update as side information (Ghosh et al. 2020,
-Algorithm 1). Both are written for one worker; lift them to all workers with
+norm of its uncompressed update as side information (Ghosh et al., arXiv
+2019, Algorithm 1). Both are written for one worker; lift them to all workers with
 :func:`~byzjax.transforms.per_worker.per_worker`.
 
 **The message with side information.** ``with_norm`` returns a
@@ -21,8 +21,12 @@ message, so a chain reads
       byzjax.aggregate(using_sent_norms(norm_threshold), trim_fraction=0.1),
       optax.sgd(lr))
 
-Thresholding on the *compressed* norms instead (the other variant of Ghosh
-et al.) is plain ``aggregate(norm_threshold, ...)`` without ``with_norm``.
+Thresholding on the norms of the *compressed* messages instead (Ghosh et
+al.'s Algorithm 2, for compressors that embed the norm) is plain
+``aggregate(norm_threshold, ...)`` without ``with_norm``. The paper's
+experiments (§7) send :math:`C(x) = \\{\\|x\\|_1/d,\\
+\\operatorname{sign}(x)\\}` and threshold on the scaling factor
+:math:`\\|x\\|_1/d`: ``with_norm(compress(scaled_sign), norm="l1_scale")``.
 An attack placed between the two sees the whole message and can lie about
 the norm as well (a :class:`NormMessage` is a pytree; the norm is one more
 leaf with a worker axis).
@@ -53,7 +57,8 @@ class NormMessage(NamedTuple):
   worker axis: ``update`` leaves are ``[R, ...]`` and ``norm`` is ``[R]``.
   """
   update: PyTree    # the (compressed) update, shaped like the parameters
-  norm: jax.Array   # float32, shape (): ||g||_2 of the uncompressed input
+  norm: jax.Array   # float32, shape (): the scalar sent about the
+                    # uncompressed input g (||g||_2, or ||g||_1/d)
 
 
 def _as_typed_key(key: jax.Array) -> jax.Array:
@@ -142,18 +147,30 @@ def compress(
 
 def with_norm(
     tx: optax.GradientTransformation | None = None,
+    *,
+    norm: str = "l2",
 ) -> optax.GradientTransformationExtraArgs:
   """Sends the norm of the uncompressed update next to the message.
 
   .. math::
-    g \\mapsto \\bigl(\\mathrm{tx}(g),\\ \\|g\\|_2\\bigr)
+    g \\mapsto \\bigl(\\mathrm{tx}(g),\\ \\|g\\|\\bigr)
 
-  Ghosh et al.'s Algorithm 1: every worker sends its compressed gradient
-  :math:`Q(g_i)` *and* the norm :math:`\\|g_i\\|` of the uncompressed one,
-  and the server drops the workers with the largest sent norms before
-  averaging (:func:`~byzjax.aggregators.norm_threshold.norm_threshold` with
-  ``norms=``; see :func:`using_sent_norms`). The norm is overflow-safe
-  (:func:`byzjax.compression.l2_norm`; ``inf`` for a non-finite update).
+  Ghosh et al.'s Algorithm 1 (arXiv version): every worker sends
+  :math:`C(g_i) = \\{\\|g_i\\|_q, Q(g_i)\\}`, its compressed gradient
+  *and* a norm of the uncompressed one, and the server drops the workers
+  with the largest sent norms before averaging
+  (:func:`~byzjax.aggregators.norm_threshold.norm_threshold` with
+  ``norms=``; see :func:`using_sent_norms`). ``norm`` picks the scalar:
+
+  * ``"l2"``: :math:`\\|g\\|_2` (:func:`byzjax.compression.l2_norm`);
+  * ``"l1_scale"``: :math:`\\|g\\|_1 / d`
+    (:func:`byzjax.compression.l1_scale`), the scaling factor of the
+    paper's experiments (§7: :math:`C(x) = \\{\\|x\\|_1/d,
+    \\operatorname{sign}(x)\\}`, "robustness ... comes from thresholding
+    operation on the scaling factor"). With
+    ``compress(scaled_sign)`` the message is then exactly the paper's.
+
+  Both are overflow-safe and ``inf`` for a non-finite update.
 
   .. note::
     ``with_norm`` must be the outermost worker-side transform: its output is
@@ -165,6 +182,7 @@ def with_norm(
   Args:
     tx: the single-worker transform that produces the message, e.g.
       ``compress(top_k, k=...)``; ``None`` sends the update itself.
+    norm: ``"l2"`` (default) or ``"l1_scale"``, the scalar sent.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose ``update``
@@ -179,10 +197,21 @@ def with_norm(
     >>> msg.update['w'], msg.norm
     (Array([ 1., -1.], dtype=float32), Array(5., dtype=float32))
 
+  Raises:
+    ValueError: if ``norm`` is not one of ``"l2"``, ``"l1_scale"``.
+
   References:
-    Ghosh et al., `Communication-Efficient and Byzantine-Robust Distributed
-    Learning with Error Feedback <https://arxiv.org/abs/1911.09721>`_, 2020.
+    Ghosh, Maity, Kadhe, Mazumdar & Ramchandran, `Communication-Efficient and
+    Byzantine-Robust Distributed Learning
+    <https://arxiv.org/abs/1911.09721>`_, arXiv:1911.09721, 2019
+    (Algorithm 1; §7).
   """
+  norms = {"l2": compression.l2_norm, "l1_scale": compression.l1_scale}
+  if norm not in norms:
+    raise ValueError(
+        f"norm must be one of {sorted(norms)}, got {norm!r}: \"l2\" sends "
+        "||g||_2, \"l1_scale\" the scaling factor ||g||_1/d.")
+  norm_fn = norms[norm]
   inner = optax.with_extra_args_support(
       optax.identity() if tx is None else tx)
 
@@ -190,9 +219,8 @@ def with_norm(
     return inner.init(params)
 
   def update_fn(updates, state, params=None, **extra):
-    norm = compression.l2_norm(updates)
     sent, new_state = inner.update(updates, state, params, **extra)
-    return NormMessage(update=sent, norm=norm), new_state
+    return NormMessage(update=sent, norm=norm_fn(updates)), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

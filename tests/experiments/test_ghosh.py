@@ -17,7 +17,8 @@ from tests import helpers
 ghosh = helpers.load_script("experiments/ghosh.py", "_exp_ghosh")
 
 
-def test_error_feedback_sends_norm_of_corrected_update():
+def test_error_feedback_sends_scale_of_corrected_update():
+  # Section 7: the message is C(p) = {||p||_1 / d, sign(p)}, p = gamma g + e.
   tx = ghosh.error_feedback_sending_norm(compression.scaled_sign, scale=0.5)
   params = {"w": jnp.zeros(4)}
   state = tx.init(params)
@@ -28,11 +29,11 @@ def test_error_feedback_sends_norm_of_corrected_update():
   p = 0.5 * np.array([4.0, -2.0, 0.0, 2.0])
   sent = np.abs(p).sum() / 4 * np.sign(p)
   np.testing.assert_allclose(msg.update["w"], sent, rtol=1e-6)
-  np.testing.assert_allclose(msg.norm, np.linalg.norm(p), rtol=1e-6)
+  np.testing.assert_allclose(msg.norm, np.abs(p).sum() / 4, rtol=1e-6)
   g2 = {"w": jnp.array([1.0, 1.0, 1.0, -3.0])}
   msg, _ = update(g2, state)
   p2 = 0.5 * np.asarray(g2["w"]) + (p - sent)  # memory carried over
-  np.testing.assert_allclose(msg.norm, np.linalg.norm(p2), rtol=1e-6)
+  np.testing.assert_allclose(msg.norm, np.abs(p2).sum() / 4, rtol=1e-6)
   np.testing.assert_allclose(msg.update["w"],
                              np.abs(p2).sum() / 4 * np.sign(p2), rtol=1e-6)
 
@@ -56,22 +57,13 @@ def test_attack_noise_hits_only_byzantine_rows_before_compression():
 
 @pytest.mark.slow
 def test_quick_run(tmp_path):
+  # --quick asserts the claims of Section 7 itself (ghosh.check_claims):
+  # thresholding >= 100x better than the plain average, ahead of signSGD,
+  # error feedback with thresholding >= 10x better than without, and
+  # training progress on the network under both label attacks.
   out = ghosh.main(["--quick", "--out", str(tmp_path)])
   for name in ("linreg.csv", "nn.csv", "linreg.png", "nn.png", "summary.md",
                "config.json"):
     assert (tmp_path / name).exists(), name
-  rows, cfg = out["linreg"], out["cfg"]
-  (f,) = cfg["byzantine"]
-  err = {m: ghosh._final(rows, "error", method=m, byzantine=f)[0]
-         for m in ghosh.METHODS}
-  # Figure 1 and 3: thresholding removes the Byzantine noise, averaging
-  # does not; Figure 2: thresholding beats signSGD with majority vote.
-  assert err["threshold"] < 0.1 * err["mean"]
-  assert err["ef_threshold"] < 0.1 * err["ef_mean"]
-  assert err["threshold"] < err["signsgd_mv"]
-  kept = ghosh._final(rows, "byz_kept", method="threshold", byzantine=f)[0]
-  assert kept == 0
-  nn = out["nn"]
-  for attack in ghosh.NN_ATTACKS:
-    _, ce = ghosh.curve(nn, "train_ce", attack=attack, method="threshold")
-    assert ce[0, -1] < ce[0, 0]  # training makes progress
+  assert any(k.startswith("mean/alg1") for k in out["claims"])
+  assert any(k.startswith("train CE") for k in out["claims"])

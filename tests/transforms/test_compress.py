@@ -162,3 +162,43 @@ def test_with_the_real_norm_threshold():
   out = using_sent_norms(mod.norm_threshold)(msg, trim_fraction=0.2)
   want = np.sign(np.delete(x, 1, axis=0)).mean(axis=0)
   np.testing.assert_allclose(helpers.join_leaves(out), want, atol=1e-6)
+
+
+def test_l1_scale_message_and_thresholding_on_it():
+  # Ghosh et al. (arXiv), §7: workers send C(x) = {||x||_1 / d, sign(x)}
+  # and the server thresholds on the scaling factor ||x||_1 / d.
+  mod = pytest.importorskip("byzjax.aggregators.norm_threshold")
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(R, D)).astype(np.float32)
+  # Worker 0: a sparse spike, the largest l2 norm but the smallest l1 scale.
+  x[0] = 0.0
+  x[0, 3] = 4.0
+  x[4] = 3e38  # huge rows keep their true scale
+  # NumPy oracle of the sent scalars and messages.
+  scale = np.abs(x.astype(np.float64)).sum(axis=1) / D
+  assert np.argmax(np.linalg.norm(x[:4], axis=1)) == 0
+  assert np.argmin(scale) == 0
+  sent = scale[:, None] * np.sign(x)
+  tx = per_worker(with_norm(compress(C.scaled_sign), norm="l1_scale"), R)
+
+  @jax.jit
+  def server(stacked):
+    msg, _ = tx.update(stacked, tx.init(_tree(np.zeros(D))))
+    # Drop the 2 largest scales: the spike is kept (l2 ranking drops it).
+    out = using_sent_norms(mod.norm_threshold)(msg, trim_fraction=0.4)
+    bad = jax.tree.map(lambda l: l[1].at[0].set(jnp.inf), stacked)
+    return msg, out, C.l1_scale(bad)
+
+  msg, out, bad_scale = server(_stacked(x))
+  np.testing.assert_allclose(msg.norm, scale, rtol=1e-6)
+  got = np.stack([helpers.join_leaves(jax.tree.map(lambda l: l[i],
+                                                   msg.update))
+                  for i in range(R)])
+  np.testing.assert_allclose(got, sent, rtol=1e-6)
+  keep = np.argsort(scale, kind="stable")[:R - 2]
+  assert 0 in keep
+  np.testing.assert_allclose(helpers.join_leaves(out), sent[keep].mean(0),
+                             rtol=1e-5, atol=1e-7)
+  assert bad_scale == np.inf  # an erased update sends inf
+  with pytest.raises(ValueError, match="norm"):
+    with_norm(norm="l1")
