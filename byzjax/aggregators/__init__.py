@@ -59,3 +59,4 @@ from byzjax.aggregators.sign_vote import sign_majority_vote
 from byzjax.aggregators.sign_vote import SignVoteInfo
 from byzjax.aggregators.spectral_filter import spectral_filter
 from byzjax.aggregators.spectral_filter import SpectralFilterInfo
+from byzjax.aggregators.spectral_filter import theorem_sigma0
