@@ -19,7 +19,8 @@ With :math:`x \\in \\mathbb{R}^d` the whole update (all leaves together,
   (unbiased);
 * :func:`qsgd`: stochastic quantisation to ``levels`` levels (unbiased);
 * :func:`shared_rand_k`: the :math:`k` coordinates drawn by the server and
-  shared by all workers (:func:`draw_coordinates`,
+  shared by all workers, scaled by :math:`d/k` (Data & Diggavi's
+  Algorithm 2, line 7; :func:`draw_coordinates`,
   :func:`gather_coordinates`, :func:`scatter_coordinates`).
 
 ``scaled_sign`` (the :math:`\\ell_1`-QSGD of Ghosh et al.) and ``top_k`` are
@@ -36,7 +37,8 @@ Conventions shared by all compressors:
 * **Overflow.** Norms are computed after scaling by a power of two, so inputs
   of 1e30 or 3e38 give finite messages (``scaled_sign`` of a row of 3e38 is
   3e38 times the signs, not ``inf``); the ``d/k`` scaling of ``rand_k`` and
-  the norm of ``qsgd`` saturate at the largest finite float.
+  ``shared_rand_k`` and the norm of ``qsgd`` saturate at the largest finite
+  float.
 * **Randomness** comes only from an explicit ``key`` argument.
 * Hyperparameters that fix shapes (``k``, ``levels``) are Python ints,
   validated at trace time with a ``ValueError`` naming them.
@@ -57,8 +59,9 @@ References:
   <https://arxiv.org/abs/1610.02132>`_, 2017.
 
   Data & Diggavi, `Byzantine-Resilient SGD in High Dimensions on
-  Heterogeneous Data <https://arxiv.org/abs/2005.07866>`_, 2021 (§5,
-  Algorithm 2: rand-k with coordinates chosen by the server).
+  Heterogeneous Data <https://arxiv.org/abs/2005.07866>`_, 2021 (§5.2,
+  Algorithm 2: rand-k with coordinates chosen by the server, each worker
+  sending :math:`\tfrac{d}{k}\operatorname{select}_K(p_r)`).
 
   Bernstein, Wang, Azizzadenesheli & Anandkumar, `signSGD: Compressed
   Optimisation for Non-Convex Problems <https://arxiv.org/abs/1802.04434>`_,
@@ -187,6 +190,13 @@ def _coordinate_mask(coords: jax.Array, tree: PyTree) -> PyTree:
   leaves, treedef = jax.tree.flatten(tree)
   return jax.tree.unflatten(
       treedef, [leaf_mask(l, o) for l, o in zip(leaves, _offsets(tree))])
+
+
+def _coordinate_scale(scale, d: int, k: int) -> float:
+  """``scale``, or the paper's :math:`d/k` when it is ``None``."""
+  if scale is None:
+    return d / k
+  return _checks.check_positive("scale", scale)
 
 
 def _check_coords(coords) -> None:
@@ -324,9 +334,11 @@ def draw_coordinates(key: jax.Array, params_like: PyTree, k: int) -> jax.Array:
   Coordinates index the concatenation of the leaves of ``params_like`` in
   ``jax.tree.leaves`` order (leaf by leaf, each leaf in row-major order). In
   Data & Diggavi's Algorithm 2 the server draws one such set per step and
-  broadcasts it; every worker sends only those coordinates
-  (:func:`gather_coordinates`), the server aggregates in ``k`` dimensions
-  and scatters the result back (:func:`scatter_coordinates`).
+  broadcasts it; every worker sends only those coordinates, scaled by
+  :math:`d/k` (:func:`shared_rand_k`; in ``k`` dimensions
+  :func:`gather_coordinates`), the server aggregates in ``k`` dimensions
+  and scatters the result back (:func:`scatter_coordinates`, which applies
+  the :math:`d/k` by default).
 
   The set is the ``k`` smallest of ``d`` i.i.d. 32-bit random integers
   (converted to float32 for :func:`jax.lax.top_k`, which is fast on floats);
@@ -369,7 +381,9 @@ def gather_coordinates(stacked: PyTree, coords: jax.Array) -> jax.Array:
 
   Returns:
     An array ``[R, k]`` (dtype: the leaves' result type); column ``j`` holds
-    coordinate ``coords[j]`` of every worker.
+    coordinate ``coords[j]`` of every worker, unscaled: Data & Diggavi's
+    messages are :math:`d/k` times these (the default ``scale`` of
+    :func:`scatter_coordinates` puts that factor back).
   """
   _check_coords(coords)
   leaves = jax.tree.leaves(stacked)
@@ -389,7 +403,8 @@ def gather_coordinates(stacked: PyTree, coords: jax.Array) -> jax.Array:
 
 
 def scatter_coordinates(values: jax.Array, coords: jax.Array,
-                        params_like: PyTree, *, scale: float = 1.0) -> PyTree:
+                        params_like: PyTree, *,
+                        scale: float | None = None) -> PyTree:
   """Places ``k`` coordinate values back into a params-shaped tree.
 
   Args:
@@ -399,17 +414,36 @@ def scatter_coordinates(values: jax.Array, coords: jax.Array,
     coords: int coordinates ``[k]`` (see :func:`draw_coordinates`).
     params_like: pytree shaped like one worker's update (arrays or
       :class:`jax.ShapeDtypeStruct`); gives structure, shapes and dtypes.
-    scale: multiplies the values; ``d / k`` makes the scattered vector an
-      unbiased estimate of the full one when ``coords`` is uniform. Data &
-      Diggavi's Algorithm 2 updates only the drawn coordinates, unscaled
-      (the default ``1.0``).
+    scale: multiplies the values. ``None`` (the default) is :math:`d/k`,
+      Data & Diggavi's Algorithm 2 (line 7): each worker sends
+      :math:`\tfrac{d}{k}\operatorname{select}_K(p_r)`, which is unbiased,
+      :math:`\mathbb{E}_K[\tfrac{d}{k}\operatorname{select}_K(p)] = p`
+      (their §5.2, eq. (14)), and the server steps along the robust
+      aggregate of those messages. With a positively homogeneous aggregator
+      (mean, medians, geometric median, the spectral filter with
+      ``sigma=None``) aggregating the raw gathered values and scattering
+      with :math:`d/k` equals aggregating the scaled messages; with the
+      filter's fixed ``sigma``, give it in the units of the values it sees.
+      ``scale=1.0`` updates only the drawn coordinates, unscaled: a biased
+      estimate (its mean is :math:`\tfrac{k}{d}p`), *not* the paper's
+      algorithm; it equals the paper's at a step size ``k / d`` times
+      smaller.
 
   Returns:
     A pytree shaped like ``params_like`` (with the leading dims of
     ``values`` prepended): ``scale * values`` at ``coords``, zeros elsewhere.
+
+  Raises:
+    ValueError: if ``scale`` is not a positive finite Python number or
+      ``None``, or ``coords`` is not 1-D.
+
+  References:
+    Data & Diggavi, `Byzantine-Resilient SGD in High Dimensions on
+    Heterogeneous Data <https://arxiv.org/abs/2005.07866>`_, 2021
+    (Algorithm 2, line 7; Lemma 2).
   """
   _check_coords(coords)
-  _checks.check_positive("scale", scale)
+  scale = _coordinate_scale(scale, _size(params_like), coords.shape[0])
   lead = values.shape[:-1]
   def leaf_scatter(leaf, off_size):
     off, n = off_size
@@ -426,27 +460,44 @@ def scatter_coordinates(values: jax.Array, coords: jax.Array,
 
 
 def shared_rand_k(updates: PyTree, *, coords: jax.Array,
-                  scale: float = 1.0) -> PyTree:
-  """Keeps only the server-chosen ``coords`` of one worker's update.
+                  scale: float | None = None) -> PyTree:
+  """Data & Diggavi's message: the server's ``coords``, scaled by ``d / k``.
 
-  The params-shaped form of Data & Diggavi's shared-coordinate rand-k:
-  every worker uses the same ``coords`` (drawn by the server with
-  :func:`draw_coordinates`), so the nonzero pattern is common to all
-  workers. For the ``k``-dimensional server-side view, use
-  :func:`gather_coordinates` / :func:`scatter_coordinates` instead.
+  .. math::
+    g_{K, r} = \tfrac{d}{k} \operatorname{select}_K(p_r), \qquad
+    \operatorname{select}_K(v)_j = v_j \mathbb{1}[j \in K]
+
+  (their Algorithm 2, line 7), with the set :math:`K` of ``k`` coordinates
+  drawn uniformly by the server (:func:`draw_coordinates`) and shared by all
+  workers, so the nonzero pattern is common to all of them. Over the draw of
+  :math:`K` it is unbiased, :math:`\mathbb{E}_K[g_{K,r}] = p_r` (their
+  §5.2 and Lemma 2, eq. (14)). For the ``k``-dimensional server-side view,
+  use :func:`gather_coordinates` / :func:`scatter_coordinates` instead.
 
   Args:
     updates: one worker's update (a pytree).
     coords: int coordinates ``[k]`` shared by all workers.
-    scale: multiplies the kept entries (``d / k`` for an unbiased message).
+    scale: multiplies the kept entries. ``None`` (the default) is
+      :math:`d/k`, the paper's. ``1.0`` keeps the entries unscaled: a biased
+      message (mean :math:`\tfrac{k}{d}p_r`), *not* the paper's algorithm.
 
   Returns:
     A pytree of the same structure: ``scale * x`` at ``coords``, zeros
-    elsewhere (all NaN if the input has a non-finite entry).
+    elsewhere (all NaN if the input has a non-finite entry). Products that
+    would overflow saturate at the largest finite float.
+
+  Raises:
+    ValueError: if ``coords`` is not 1-D or ``scale`` is not ``None`` or a
+      positive finite Python number.
+
+  References:
+    Data & Diggavi, `Byzantine-Resilient SGD in High Dimensions on
+    Heterogeneous Data <https://arxiv.org/abs/2005.07866>`_, 2021
+    (Algorithm 2).
   """
-  _size(updates)
+  d = _size(updates)
   _check_coords(coords)
-  _checks.check_positive("scale", scale)
+  scale = _coordinate_scale(scale, d, coords.shape[0])
   mask = _coordinate_mask(coords, updates)
   out = jax.tree.map(
       lambda x, m: jnp.where(m, btree.saturate(x * jnp.asarray(scale, x.dtype)),

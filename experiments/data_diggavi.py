@@ -1,34 +1,49 @@
 """Testing the claims of Data & Diggavi with byzjax's spectral filter.
 
 Data & Diggavi ("Byzantine-resilient SGD in high dimensions on heterogeneous
-data", ISIT 2021, and the longer versions) analyse distributed SGD whose
-server filters the workers' gradients with the spectral outlier filter of
-Steinhardt, Charikar & Valiant. Their papers have no experiments; this script
-tests five of their claims:
+data", arXiv:2005.07866, and the short "Byzantine-resilient high-dimensional
+SGD"; shared/papers/001_... and 000_...) analyse distributed SGD whose
+server filters the workers' gradients with the outlier filter of
+Steinhardt, Charikar & Valiant (their Algorithm 3). Their papers have no
+experiments; this script tests five of their claims. The attack is the
+annulus of 000's Section IV: the corrupt points sit "in a concentrated form
+around the annulus" of radius ~ sigma sqrt(d) where honest Gaussian
+gradients lie, at one shared direction (corrupt point mu + c rho u, c = 1
+being the construction; c is swept where said).
 
-(a) dimension: under the annulus attack (corrupt gradients at the honest
-    distance, all along one direction u), the error that the attack adds to
-    the mean, the coordinate median, Krum and the geometric median grows like
-    sqrt(d), while the filter removes the attackers. An aggregation-error
-    experiment: honest gradients are g + N(0, sigma^2 I_d), R = 50 workers,
-    f = 10 of them Byzantine (eps = 0.2); every (d, seed) is one trial, all
-    seeds of a d vmapped in one jitted call. A second sweep varies the
-    attack's radius c (corrupt point mu + c rho u) to find the filter's worst
-    case.
+The filter runs with two stopping rules, labelled everywhere:
+``spectral_filter_paper`` is the paper's Algorithm 3 rule
+sum_i c_i tau_i <= 4 R sigma_0^2 with sigma_0 from Theorem 1
+(:func:`byzjax.aggregators.theorem_sigma0`); ``spectral_filter`` is byzjax's
+``sigma=None`` rule (its own robust estimate, an extension not in the paper).
+
+(a) dimension: under the annulus attack the error that the attack adds to
+    the mean, the coordinate median, Krum and the geometric median grows
+    like sqrt(d). R = 50 workers, f = 10 Byzantine (eps = 0.2); every
+    (d, seed) is one trial, all seeds of a d vmapped in one jitted call. A
+    radius sweep finds byzjax's filter's worst case; a sweep over R and the
+    radius finds where the paper's rule starts to remove the attack (its
+    threshold carries the factor 1 + d / ((1 - eps - eps') R)).
 (b) mini-batch size: SGD on linear regression (R = 50 workers, d = 100)
     through the simulator, b swept with vmap; the distance to the honest
-    optimum falls like 1/sqrt(b).
+    optimum falls like 1/sqrt(b). Steps: Theorem 1's eta = mu / L^2 and the
+    fixed 0.05.
 (c) breakdown: excess error against the corruption fraction eps for the
-    mean, coordinate median, geometric median and filter; an aggregator is
-    broken at eps when its error grows with the attack's radius.
+    mean, coordinate median, geometric median and both filters; an
+    aggregator is broken at eps when its error grows with the attack's
+    radius.
 (d) heterogeneity: worker i's loss gets a linear tilt s <delta_i, w>, which
     moves its local optimum by -s delta_i / 2 (tilts centred over the honest
     workers); error against the measured gradient dissimilarity
-    kappa = max_i ||grad f_i - grad f_H|| at the honest optimum.
+    kappa = max_i ||grad f_i - grad f_H|| at the honest optimum. Same two
+    steps as (b).
 (e) compression (their Algorithm 2): the server draws k of the d coordinates
-    every step, shared by all workers, filters the [R, k] matrix and updates
-    those coordinates; convergence against steps and against coordinates
-    sent, and the filter's time on [R, k] against [R, d].
+    every step, shared by all workers; each worker sends (d/k) select_K(p)
+    (line 7); the server filters the [R, k] matrix and updates those
+    coordinates. k inside and outside Theorem 5's condition
+    k >= (1 - eps - eps') R, steps eta = mu / L^2 (Theorem 5) and eta k / d;
+    convergence against steps and coordinates sent, and the filter's time on
+    [R, k] against [R, d].
 
 Writes, into ``--out``, for each part: ``<part>.csv`` (tidy rows),
 ``<part>.png`` and ``<part>.md`` (tables, fitted slopes), plus
@@ -41,7 +56,8 @@ Usage::
 
 References:
   Data & Diggavi, `Byzantine-Resilient SGD in High Dimensions on
-  Heterogeneous Data <https://arxiv.org/abs/2005.07866>`_, ISIT 2021.
+  Heterogeneous Data <https://arxiv.org/abs/2005.07866>`_, ISIT 2021 (full
+  version: Theorems 1, 3 and 5, Algorithms 2 and 3).
 
   Data & Diggavi, `Byzantine-Resilient High-Dimensional SGD with Local
   Iterations on Heterogeneous Data
@@ -73,6 +89,7 @@ from byzjax.aggregators.coordinatewise import mean
 from byzjax.aggregators.geometric_median import geometric_median
 from byzjax.aggregators.krum import krum
 from byzjax.aggregators.spectral_filter import spectral_filter
+from byzjax.aggregators.spectral_filter import theorem_sigma0
 from byzjax.attacks.gradient import annulus
 from byzjax.compression import draw_coordinates
 from byzjax.compression import gather_coordinates
@@ -93,11 +110,20 @@ NAMES = {"a": "a_dimension", "b": "b_batch_size", "c": "c_breakdown",
 # in part (a); Krum is told F.
 R_AGG = 50
 F_AGG = 10
+# The theorem's constant eps' (Theorem 1 of Data & Diggavi needs
+# eps <= 1/4 - eps'); at eps = 0.2 the largest allowed, 0.05, gives the
+# smallest sigma_0. Parts with another eps use eps' = 1/4 - eps.
+EPS_PRIME = 0.05
 AGGREGATORS = ("mean", "coordinate_median", "krum", "geometric_median",
-               "spectral_filter")
+               "spectral_filter", "spectral_filter_paper")
+# "spectral_filter" is byzjax's filter with sigma=None: its stopping rule
+# re-estimates sigma_0 every round (byzjax's extension, not the paper's).
+# "spectral_filter_paper" is the same filter with the paper's rule
+# sum c_i tau_i <= 4 R sigma_0^2 and sigma_0 from Theorem 1.
 LABELS = {"mean": "mean", "coordinate_median": "coord. median",
           "krum": "Krum", "geometric_median": "geometric median",
-          "spectral_filter": "spectral filter"}
+          "spectral_filter": "filter, byzjax σ̂ (extension)",
+          "spectral_filter_paper": "filter, paper's σ₀ (Thm 1)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +134,10 @@ class Config:
   dims: tuple[int, ...]
   radii: tuple[float, ...]
   radius_dims: tuple[int, ...]
+  # (a): where the paper's rule starts to work: d, R values, radii.
+  rule_dim: int
+  rule_workers: tuple[int, ...]
+  rule_radii: tuple[float, ...]
   # (c)
   breakdown_dim: int
   breakdown_byzantine: tuple[int, ...]
@@ -138,6 +168,8 @@ FULL = Config(
     dims=(10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000),
     radii=(0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 1.0, 2.0, 5.0),
     radius_dims=(100, 1000, 10000),
+    rule_dim=1000, rule_workers=(50, 100, 200, 400, 800),
+    rule_radii=tuple(float(2 ** (i / 2)) for i in range(27)),
     breakdown_dim=1000,
     breakdown_byzantine=(0, 2, 5, 7, 10, 12, 13, 15, 17, 19, 20, 22, 24, 25,
                          27, 30),
@@ -147,7 +179,8 @@ FULL = Config(
     batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128), batch_radii=(0.3, 1.0),
     shifts=(0.0, 1.0, 3.0, 10.0, 30.0, 100.0), het_batch=16,
     het_radii=(0.3, 1.0),
-    comp_dim=200, comp_fractions=(1.0, 0.25, 0.1), comp_steps_factor=3,
+    comp_dim=200, comp_fractions=(1.0, 0.5, 0.25, 0.1),
+    comp_steps_factor=3,
     time_dim=100000, time_fractions=(0.01, 0.1, 1.0), time_repeats=7)
 
 QUICK = Config(
@@ -155,6 +188,8 @@ QUICK = Config(
     dims=(10, 100, 1000),
     radii=(0.2, 0.35, 1.0, 3.0),
     radius_dims=(1000,),
+    rule_dim=1000, rule_workers=(50, 400),
+    rule_radii=tuple(float(2 ** i) for i in range(14)),
     breakdown_dim=1000,
     breakdown_byzantine=(0, 5, 10, 15, 20, 25, 30),
     breakdown_radii=(1.0, 10.0, 100.0),
@@ -162,7 +197,7 @@ QUICK = Config(
     samples_per_worker=256, dim=100,
     batch_sizes=(4, 16, 64), batch_radii=(1.0,),
     shifts=(0.0, 10.0, 100.0), het_batch=16, het_radii=(1.0,),
-    comp_dim=100, comp_fractions=(1.0, 0.2), comp_steps_factor=3,
+    comp_dim=100, comp_fractions=(1.0, 0.5, 0.2), comp_steps_factor=3,
     time_dim=10000, time_fractions=(0.01, 1.0), time_repeats=3)
 
 
@@ -223,7 +258,40 @@ def attacked_gradients(key: jax.Array, dim, radius, num_byzantine, *,
   return x, g, byzantine
 
 
-def _aggregate(name: str, x: jax.Array):
+def paper_sigma0(dim: int, num_byzantine: int, num_workers: int = R_AGG,
+                 sigma: float = 1.0, batch_size: int = 1) -> float:
+  """Theorem 1's sigma_0 for the honest rows of :func:`attacked_gradients`.
+
+  Each honest row is one mini-batch gradient g + sigma N(0, I_d): the
+  paper's variance bound (eq. (7)), E||g_r - grad F_r||^2 <= sigma_p^2 / b,
+  is a trace, d sigma^2, so sigma_p^2 / b = d sigma^2 (we take b = 1 and
+  sigma_p = sqrt(d) sigma; any other b with the same sigma_p^2 / b gives
+  the same sigma_0). kappa = 0 (i.i.d.). eps = f / R and eps' = 1/4 - eps,
+  the largest the theorem allows (EPS_PRIME at eps = 0.2). NaN when
+  eps >= 1/4, where the theorem gives no sigma_0.
+  """
+  eps = num_byzantine / num_workers
+  if eps >= 0.25:
+    return float("nan")
+  return theorem_sigma0(sigma=float(np.sqrt(dim * batch_size)) * sigma,
+                        batch_size=batch_size, num_workers=num_workers,
+                        dim=int(dim), eps=eps, eps_prime=0.25 - eps)
+
+
+def _paper_filter(x: jax.Array, sigma0: jax.Array):
+  """The filter with the paper's stopping rule 4 R sigma_0^2 (traced s0).
+
+  ``spectral_filter`` takes ``sigma`` as a Python number; to vmap over d
+  (hence sigma_0) the rows are divided by sigma_0 and the filter runs with
+  sigma = 1, which decides exactly as sigma = sigma_0 on the original rows
+  (the filter is scale-equivariant: rows and sigma scale together).
+  """
+  out, info = spectral_filter({"w": x / sigma0}, sigma=1.0, return_info=True)
+  ok = jnp.isfinite(sigma0)
+  return jnp.where(ok, out["w"] * sigma0, jnp.nan), info
+
+
+def _aggregate(name: str, x: jax.Array, sigma0=None):
   stacked = {"w": x}
   if name == "mean":
     return mean(stacked)["w"], None
@@ -236,11 +304,14 @@ def _aggregate(name: str, x: jax.Array):
   if name == "spectral_filter":
     out, info = spectral_filter(stacked, return_info=True)
     return out["w"], info
+  if name == "spectral_filter_paper":
+    return _paper_filter(x, sigma0)
   raise ValueError(f"unknown aggregator {name!r}")
 
 
-def aggregation_trial(key, dim, radius, num_byzantine, *, max_dim: int,
-                      names: tuple[str, ...], num_workers: int = R_AGG,
+def aggregation_trial(key, dim, radius, num_byzantine, sigma0=jnp.nan, *,
+                      max_dim: int, names: tuple[str, ...],
+                      num_workers: int = R_AGG,
                       sigma: float = 1.0) -> dict[str, jax.Array]:
   """Errors of every aggregator on one attacked step (units of sigma).
 
@@ -251,6 +322,8 @@ def aggregation_trial(key, dim, radius, num_byzantine, *, max_dim: int,
   ``<name>/excess`` = :math:`\\|\\hat g - \\bar g_H\\|` (the error the attack
   adds) and ``<name>/error`` = :math:`\\|\\hat g - g\\|`; for the filter
   also the number of Byzantine workers kept and honest workers dropped.
+  ``sigma0`` (traced) is the paper's sigma_0 for ``spectral_filter_paper``
+  (:func:`paper_sigma0`, in the units of the rows).
   """
   x, g, byzantine = attacked_gradients(key, dim, radius, num_byzantine,
                                        num_workers=num_workers,
@@ -264,20 +337,21 @@ def aggregation_trial(key, dim, radius, num_byzantine, *, max_dim: int,
   out = {"oracle": _norm(hm - g) / sigma,
          "sigma_emp": jnp.sqrt(jnp.maximum(top, 0.0)) / sigma}
   for name in names:
-    agg, info = _aggregate(name, x)
+    agg, info = _aggregate(name, x, sigma0)
     out[f"{name}/excess"] = _norm(agg - hm) / sigma
     out[f"{name}/error"] = _norm(agg - g) / sigma
     if info is not None:
       out[f"{name}/byz_kept"] = jnp.sum(info.active & byzantine)
       out[f"{name}/honest_dropped"] = jnp.sum(~info.active & honest)
+      out[f"{name}/rounds"] = info.num_rounds
   return out
 
 
 @functools.lru_cache(maxsize=None)
 def _trial_fn(max_dim: int, names: tuple[str, ...]):
-  """Jitted ``(keys [S], dim, radius, f) -> metrics [S]``, one per max_dim."""
+  """Jitted ``(keys [S], dim, radius, f, s0) -> metrics [S]``, per max_dim."""
   fn = functools.partial(aggregation_trial, max_dim=max_dim, names=names)
-  return jax.jit(jax.vmap(fn, in_axes=(0, None, None, None)))
+  return jax.jit(jax.vmap(fn, in_axes=(0, None, None, None, None)))
 
 
 def _bucket(dim: int) -> int:
@@ -306,10 +380,12 @@ def aggregation_sweep(points, *, seeds: int, key: jax.Array,
     fn = _trial_fn(max_dim, tuple(names))
     start = time.perf_counter()
     for dim, radius, f in by_bucket[max_dim]:
-      metrics = jax.tree.map(np.asarray, fn(keys, dim, radius, f))
+      sigma0 = paper_sigma0(dim, f)
+      metrics = jax.tree.map(np.asarray, fn(keys, dim, radius, f, sigma0))
       for s in range(seeds):
         row = {"part": part, "dim": dim, "radius": radius,
-               "num_byzantine": f, "eps": f / R_AGG, "seed": s}
+               "num_byzantine": f, "eps": f / R_AGG, "seed": s,
+               "paper_sigma0": sigma0}
         row.update({k: float(v[s]) for k, v in metrics.items()})
         rows.append(row)
     _log(f"({part}) {len(by_bucket[max_dim])} points x {seeds} seeds in "
@@ -354,6 +430,11 @@ def part_a(cfg: Config, key: jax.Array, names=AGGREGATORS) -> tuple[list, dict]:
     for k in ("byz_kept", "honest_dropped"):
       m = _mean_over_seeds(main, ("dim",), f"spectral_filter/{k}")
       summary[f"filter_{k}"] = [m[(d,)] for d in dims]
+  if "spectral_filter_paper" in names:
+    for k in ("byz_kept", "honest_dropped"):
+      m = _mean_over_seeds(main, ("dim",), f"spectral_filter_paper/{k}")
+      summary[f"paper_filter_{k}"] = [m[(d,)] for d in dims]
+    summary["paper_sigma0"] = [paper_sigma0(d, F_AGG) for d in dims]
   # Radius sweep: worst case of the filter over the attack's radius.
   worst = {}
   for d in cfg.radius_dims:
@@ -377,14 +458,123 @@ def part_a(cfg: Config, key: jax.Array, names=AGGREGATORS) -> tuple[list, dict]:
         "sigma_emp": [worst[d]["sigma_emp"] for d in wd]}
     summary["filter_worst"]["slope"] = fit_slope(
         wd, summary["filter_worst"]["values"])
+  if cfg.rule_workers:
+    rule_rows, summary["rule"] = paper_rule_sweep(
+        cfg, jax.random.fold_in(key, 7))
+    rows += rule_rows
   return rows, summary
+
+
+def rule_trial(key, radius, sigma0, *, dim: int, num_workers: int,
+               num_byzantine: int) -> dict[str, jax.Array]:
+  """Mean and the paper's filter on one attacked step (units of sigma)."""
+  x, _, byzantine = attacked_gradients(key, dim, radius, num_byzantine,
+                                       num_workers=num_workers, max_dim=dim)
+  honest = ~byzantine
+  hm = jnp.sum(jnp.where(honest[:, None], x, 0.0), 0) / jnp.sum(honest)
+  agg, info = _paper_filter(x, sigma0)
+  return {"mean/excess": _norm(jnp.mean(x, 0) - hm),
+          "paper/excess": _norm(agg - hm),
+          "paper/byz_kept": jnp.sum(info.active & byzantine),
+          "paper/honest_dropped": jnp.sum(~info.active & honest),
+          # Round-0 statistic over the threshold 4 n sigma_0^2 (both in
+          # units of sigma_0^2): the paper's rule filters iff it is > 1.
+          "paper/stat_over_threshold": jnp.where(
+              info.num_rounds == 0, info.statistic / info.threshold,
+              jnp.inf)}
+
+
+@functools.lru_cache(maxsize=None)
+def _rule_fn(dim: int, num_workers: int, num_byzantine: int):
+  fn = functools.partial(rule_trial, dim=dim, num_workers=num_workers,
+                         num_byzantine=num_byzantine)
+  return jax.jit(jax.vmap(fn, in_axes=(0, None, None)))
+
+
+def paper_rule_sweep(cfg: Config, key: jax.Array) -> tuple[list, dict]:
+  """Where the paper's stopping rule starts to remove the annulus attack.
+
+  At d = ``cfg.rule_dim`` and eps = 0.2, for each number of workers R
+  (f = 0.2 R), sweeps the attack's radius c and records whether the filter
+  with Theorem 1's sigma_0 removes the corrupt cluster. Its threshold
+  4 R sigma_0^2 has the factor 1 + d / ((1 - eps - eps') R); the smallest
+  radius c* that is removed should shrink like sqrt of it as R grows.
+  Seeds are vmapped; one compile per R.
+  """
+  keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(
+      jnp.arange(cfg.seeds))
+  rows = []
+  d = cfg.rule_dim
+  for r in cfg.rule_workers:
+    f = int(round(0.2 * r))
+    sigma0 = paper_sigma0(d, f, num_workers=r)
+    fn = _rule_fn(d, r, f)
+    start = time.perf_counter()
+    for c in cfg.rule_radii:
+      m = jax.tree.map(np.asarray, fn(keys, c, sigma0))
+      for seed in range(cfg.seeds):
+        row = {"part": "a_rule", "dim": d, "num_workers": r,
+               "num_byzantine": f, "radius": c, "seed": seed,
+               "paper_sigma0": sigma0}
+        row.update({k: float(v[seed]) for k, v in m.items()})
+        rows.append(row)
+    _log(f"(a) paper's rule, R={r}: {len(cfg.rule_radii)} radii x "
+         f"{cfg.seeds} seeds in {time.perf_counter() - start:.1f}s")
+  table = []
+  for r in cfg.rule_workers:
+    sel = [x for x in rows if x["num_workers"] == r]
+    f = sel[0]["num_byzantine"]
+    eps = f / r
+    kept = {c: max(x["paper/byz_kept"] for x in sel if x["radius"] == c)
+            for c in cfg.rule_radii}
+    removed = [c for c in cfg.rule_radii if kept[c] == 0
+               and all(kept[c2] == 0 for c2 in cfg.rule_radii if c2 > c)]
+    c_star = min(removed) if removed else None
+    mean_ex = _mean_over_seeds(sel, ("radius",), "mean/excess")
+    paper_ex = _mean_over_seeds(sel, ("radius",), "paper/excess")
+    sigma0 = sel[0]["paper_sigma0"]
+    factor = 1 + d / ((1 - 0.25) * r)  # eps + eps' = 1/4
+    # Finer than the grid: the round-0 statistic grows like c^2 once the
+    # attack dominates it, so from the largest radius that is kept with a
+    # ratio stat/threshold = q < 1 the crossing is at about c / sqrt(q).
+    ratio = _mean_over_seeds(sel, ("radius",), "paper/stat_over_threshold")
+    below = [(c, ratio[(c,)]) for c in cfg.rule_radii
+             if np.isfinite(ratio[(c,)]) and ratio[(c,)] < 1]
+    c_cross = (max(below)[0] / np.sqrt(max(below)[1])) if below else None
+    table.append({
+        "R": r, "f": f, "sigma0": sigma0, "factor": factor,
+        "bound": sigma0 * np.sqrt(0.25),
+        "c_star": c_star, "c_cross": c_cross,
+        "c_cross_over_sqrt_factor": (c_cross / np.sqrt(factor)
+                                     if c_cross else None),
+        "c_star_over_sqrt_factor": (c_star / np.sqrt(factor)
+                                    if c_star else None),
+        "b_star": c_star ** 2 if c_star else None,
+        "mean_excess_at_c_star": mean_ex[(c_star,)] if c_star else None,
+        "paper_worst_excess": max(paper_ex.values()),
+        "paper_worst_radius": max(paper_ex, key=paper_ex.get)[0],
+        "paper_excess_c1": paper_ex.get((1.0,)),
+        "mean_excess_c1": mean_ex.get((1.0,)),
+        "kept_c1": kept.get(1.0), "eps": eps})
+  return rows, {"dim": d, "table": table, "radii": list(cfg.rule_radii),
+                "curves": {r: {
+                    "paper": [_mean_over_seeds(
+                        [x for x in rows if x["num_workers"] == r],
+                        ("radius",), "paper/excess")[(c,)]
+                              for c in cfg.rule_radii],
+                    "mean": [_mean_over_seeds(
+                        [x for x in rows if x["num_workers"] == r],
+                        ("radius",), "mean/excess")[(c,)]
+                             for c in cfg.rule_radii]}
+                           for r in cfg.rule_workers}}
 
 
 def part_c(cfg: Config, key: jax.Array) -> tuple[list, dict]:
   """Excess error vs the corruption fraction, at radii 1, 10 and 100."""
   # Krum is told f = F_AGG, which is wrong when f varies: computed (the
   # compiled program is shared with part (a)) but not reported.
-  names = ("mean", "coordinate_median", "geometric_median", "spectral_filter")
+  names = ("mean", "coordinate_median", "geometric_median", "spectral_filter",
+           "spectral_filter_paper")
   points = [(cfg.breakdown_dim, c, f) for c in cfg.breakdown_radii
             for f in cfg.breakdown_byzantine]
   rows = aggregation_sweep(points, seeds=cfg.seeds, key=key,
@@ -450,6 +640,8 @@ class RegressionTask(NamedTuple):
   rhs: jax.Array    # [R, d]: X_i^T y_i / n_i
   delta: jax.Array  # [R, d]
   sigma2: float     # per-sample gradient variance (trace) at the optimum
+  mu: float         # strong convexity of F = (1/R) sum_r f_r: 2 lam_min(H)
+  smooth: float     # smoothness L of F: 2 lam_max(H), H = mean_r X_r'X_r/n
 
 
 def regression_task(key: jax.Array, *, num_workers: int, samples: int,
@@ -461,7 +653,25 @@ def regression_task(key: jax.Array, *, num_workers: int, samples: int,
   data = partition.iid_partition(k_part, dataset, num_workers)
   hess, rhs, delta, y, sigma2 = _task_arrays(data.x, data.y, data.size,
                                              k_delta)
-  return RegressionTask(data._replace(y=y), hess, rhs, delta, float(sigma2))
+  eig = np.linalg.eigvalsh(np.asarray(jnp.mean(hess, 0), np.float64))
+  return RegressionTask(data._replace(y=y), hess, rhs, delta, float(sigma2),
+                        mu=float(2 * eig[0]), smooth=float(2 * eig[-1]))
+
+
+# The step size used before the theorems' was read (kept for comparison).
+FIXED_LR = 0.05
+
+
+def theorem_step(task: RegressionTask) -> float:
+  """eta = mu / L^2, the step of Theorems 1 and 5 (strongly convex part).
+
+  Data & Diggavi (arXiv:2005.07866v3), Theorem 1: "If F is also
+  mu-strongly convex and we take eta = mu / L^2"; Theorem 5 (Algorithm 2)
+  prescribes the same. F is the global objective (1/R) sum_r f_r, whose
+  Hessian is 2 mean_r X_r' X_r / n_r (the tilt of part (d) is linear and
+  does not change it).
+  """
+  return task.mu / task.smooth ** 2
 
 
 @jax.jit
@@ -579,10 +789,14 @@ def shared_rand_k_filter(k: int, key: jax.Array, *, num_workers: int
 
   Every step the server draws ``k`` coordinates (shared by all workers,
   :func:`~byzjax.compression.draw_coordinates`); each worker's message is
-  its gradient at those coordinates (``[R, k]``,
+  its gradient at those coordinates scaled by ``d / k`` (line 7 of the
+  algorithm; the ``[R, k]`` values come from
   :func:`~byzjax.compression.gather_coordinates`); the server filters the
   ``k``-dimensional messages and updates only those coordinates
-  (:func:`~byzjax.compression.scatter_coordinates`, unscaled). The filter's
+  (:func:`~byzjax.compression.scatter_coordinates`, whose default scale is
+  the paper's ``d / k``: the filter with ``sigma=None`` is
+  scale-equivariant, so filtering the raw values and scaling the result is
+  filtering the scaled messages). The filter's
   info is kept in an :class:`~byzjax.transforms.aggregate.AggregateState`,
   where the simulator's diagnostics (Byzantine kept, honest dropped) find
   it.
@@ -631,6 +845,7 @@ def _build_for(task: RegressionTask, *, aggregator: str, num_workers: int,
 
   def build(hp, key):
     b = hp.get("b", max_batch)
+    step = hp.get("lr", lr)
     shift = hp.get("shift", 0.0)
     index = jnp.asarray(hp["setting"]).astype(jnp.int32)
     f, radius = f_of[index], c_of[index]
@@ -642,11 +857,11 @@ def _build_for(task: RegressionTask, *, aggregator: str, num_workers: int,
           byzjax.aggregate(AGG_FNS[aggregator], num_workers=num_workers)
           if aggregator == "spectral_filter"
           else byzjax.aggregate(AGG_FNS[aggregator]),
-          optax.sgd(lr))
+          optax.sgd(step))
     else:
       server = optax.chain(
           shared_rand_k_filter(compress_k, k_tx, num_workers=num_workers),
-          optax.sgd(lr))
+          optax.sgd(step))
     # The loss needs the honest workers' mean tilt, hence the Byzantine set
     # that init draws: init first (it does not use the loss), loss after.
     sim = simulation.Simulation(
@@ -713,21 +928,45 @@ def _setting_label(agg: str, f: float, c: float) -> str:
   return f"{LABELS[agg]}, f={int(f)}" + (f", c={c:g}" if f else "")
 
 
+def _label_lr(rows, lrs: dict[str, float]) -> None:
+  """Adds ``lr_rule`` (the name of the step size) to simulation rows."""
+  for r in rows:
+    r["lr_rule"] = next(name for name, v in lrs.items()
+                        if np.isclose(r["lr"], v, rtol=1e-5))
+
+
+def _two_steps(task: RegressionTask) -> dict[str, float]:
+  """The theorems' eta = mu / L^2 and the fixed step used before."""
+  return {"theorem": theorem_step(task), "fixed": FIXED_LR}
+
+
 def part_b(cfg: Config, key: jax.Array) -> tuple[list, dict]:
-  """Distance to the honest optimum vs the mini-batch size."""
+  """Distance to the honest optimum vs the mini-batch size, at two steps."""
   task = regression_task(jax.random.fold_in(key, 0),
                          num_workers=cfg.num_workers,
                          samples=cfg.samples_per_worker, dim=cfg.dim)
   max_batch = max(cfg.batch_sizes)
+  lrs = _two_steps(task)
   common = dict(seeds=cfg.sim_seeds, num_evals=cfg.steps // 10,
                 key=jax.random.fold_in(key, 1), num_workers=cfg.num_workers,
-                max_batch=max_batch, lr=0.05, eval_every=10)
+                max_batch=max_batch, lr=FIXED_LR, eval_every=10)
   settings = _settings(cfg.num_byzantine, cfg.batch_radii)
-  numeric = {"b": cfg.batch_sizes}
+  numeric = {"b": cfg.batch_sizes, "lr": list(lrs.values())}
   rows = _run_sim(task, label="spectral_filter", numeric=numeric,
                   aggregator="spectral_filter", settings=settings, **common)
   rows += _run_sim(task, label="mean", numeric=numeric, aggregator="mean",
                    settings=settings, **common)
+  _label_lr(rows, lrs)
+  summary = _summarize_b(cfg, task, settings,
+                         [r for r in rows if r["lr_rule"] == "theorem"])
+  summary["fixed_lr"] = _summarize_b(
+      cfg, task, settings, [r for r in rows if r["lr_rule"] == "fixed"])
+  summary.update(lrs=lrs, mu=task.mu, smooth=task.smooth)
+  return rows, summary
+
+
+def _summarize_b(cfg, task, settings, rows) -> dict[str, Any]:
+  """Part (b)'s curves and slopes for the rows of one step size."""
   keys = ("config", "f", "c", "b")
   means, sds = _final(rows, keys)
   fil = [r for r in rows if r["config"] == "spectral_filter"]
@@ -758,7 +997,7 @@ def part_b(cfg: Config, key: jax.Array) -> tuple[list, dict]:
              "slopes_eff_b4": slopes_4,
              "b_eff": b_eff, "samples": n, "sigma2": task.sigma2,
              "filter_diag": diag}
-  return rows, summary
+  return summary
 
 
 def part_d(cfg: Config, key: jax.Array) -> tuple[list, dict]:
@@ -766,15 +1005,27 @@ def part_d(cfg: Config, key: jax.Array) -> tuple[list, dict]:
   task = regression_task(jax.random.fold_in(key, 0),
                          num_workers=cfg.num_workers,
                          samples=cfg.samples_per_worker, dim=cfg.dim)
+  lrs = _two_steps(task)
   common = dict(seeds=cfg.sim_seeds, num_evals=cfg.steps // 10,
                 key=jax.random.fold_in(key, 1), num_workers=cfg.num_workers,
-                max_batch=cfg.het_batch, lr=0.05, eval_every=10)
+                max_batch=cfg.het_batch, lr=FIXED_LR, eval_every=10)
   settings = _settings(cfg.num_byzantine, cfg.het_radii)
-  numeric = {"shift": cfg.shifts}
+  numeric = {"shift": cfg.shifts, "lr": list(lrs.values())}
   rows = _run_sim(task, label="spectral_filter", numeric=numeric,
                   aggregator="spectral_filter", settings=settings, **common)
   rows += _run_sim(task, label="mean", numeric=numeric, aggregator="mean",
                    settings=settings, **common)
+  _label_lr(rows, lrs)
+  summary = _summarize_d(cfg, task, settings,
+                         [r for r in rows if r["lr_rule"] == "theorem"])
+  summary["fixed_lr"] = _summarize_d(
+      cfg, task, settings, [r for r in rows if r["lr_rule"] == "fixed"])
+  summary.update(lrs=lrs, mu=task.mu, smooth=task.smooth)
+  return rows, summary
+
+
+def _summarize_d(cfg, task, settings, rows) -> dict[str, Any]:
+  """Part (d)'s curves and slopes for the rows of one step size."""
   keys = ("config", "f", "c", "shift")
   err, sd = _final(rows, keys)
   stats = {m: _final(rows, keys, m)[0]
@@ -795,7 +1046,7 @@ def part_d(cfg: Config, key: jax.Array) -> tuple[list, dict]:
              "error": err, "sd": sd, **stats, "curves": curves,
              "slopes": slopes, "byz_kept": kept, "honest_dropped": dropped,
              "sigma2": task.sigma2, "batch": cfg.het_batch}
-  return rows, summary
+  return summary
 
 
 def _time_call(fn, arg, repeats):
@@ -840,44 +1091,83 @@ def _convergence_step(steps, errs, plateau, factor=1.5):
   return min(hit) if hit else None
 
 
+def _diverged(errs) -> bool:
+  """A run diverged if its last error is non-finite or 10x its smallest."""
+  errs = np.asarray(errs, float)
+  return bool(not np.isfinite(errs[-1]) or
+              errs[-1] > 10 * np.nanmin(np.where(np.isfinite(errs), errs,
+                                                 np.nan)))
+
+
 def part_e(cfg: Config, key: jax.Array) -> tuple[list, dict]:
-  """Shared-coordinate rand-k (Algorithm 2): convergence and decoding time."""
+  """Shared-coordinate rand-k (Algorithm 2, scaled): convergence and time.
+
+  Every worker's message is (d/k) select_K(p_r) (Algorithm 2, line 7), on
+  the server's coordinates K. Two step sizes: Theorem 5's eta = mu / L^2,
+  and eta k / d, which makes the scaled algorithm's expected step per
+  coordinate that of the uncompressed one at eta (and is exactly the
+  unscaled variant, scatter_coordinates(scale=1.0), at eta). k runs inside
+  Theorem 5's condition k >= (1 - eps - eps') R and outside it.
+  """
   task = regression_task(jax.random.fold_in(key, 0),
                          num_workers=cfg.num_workers,
                          samples=cfg.samples_per_worker, dim=cfg.comp_dim)
+  d = cfg.comp_dim
   steps = cfg.steps * cfg.comp_steps_factor
   eval_every = 20
   settings = [(0.0, 1.0), (float(cfg.num_byzantine), 1.0)]
-  ks = [max(1, int(round(frac * cfg.comp_dim))) for frac in cfg.comp_fractions]
+  ks = [max(1, int(round(frac * d))) for frac in cfg.comp_fractions]
+  eps = cfg.num_byzantine / cfg.num_workers
+  k_min = (1 - eps - (0.25 - eps)) * cfg.num_workers  # eps' = 1/4 - eps
+  eta = theorem_step(task)
+  rules = ("theorem", "theorem_k_over_d")
   rows = []
   for k in ks:
-    cell = _run_sim(task, label=f"k={k}", numeric={}, settings=settings,
+    lrs = {"theorem": eta}
+    if k < d:
+      lrs["theorem_k_over_d"] = eta * k / d
+    cell = _run_sim(task, label=f"k={k}", numeric={"lr": list(lrs.values())},
+                    settings=settings,
                     seeds=cfg.sim_seeds, num_evals=steps // eval_every,
                     key=jax.random.fold_in(key, 1),
                     num_workers=cfg.num_workers, max_batch=cfg.het_batch,
-                    lr=0.05, eval_every=eval_every,
+                    lr=eta, eval_every=eval_every,
                     aggregator="spectral_filter", compress_k=k)
+    _label_lr(cell, lrs)
+    if k == d:  # eta k / d = eta: the same runs serve both rules
+      cell += [dict(r, lr_rule="theorem_k_over_d") for r in cell]
     for r in cell:
       r["k"] = k
       r["coords_sent"] = r["step"] * k
     rows += cell
-  curves, conv = {}, {}
-  final, sd = _final(rows, ("f", "k"))
-  kept, _ = _final(rows, ("f", "k"), "byz_kept")
-  dropped, _ = _final(rows, ("f", "k"), "honest_dropped")
+  keys = ("f", "k", "lr_rule")
+  curves, conv, diverged = {}, {}, {}
+  final, sd = _final(rows, keys)
+  kept, _ = _final(rows, keys, "byz_kept")
+  dropped, _ = _final(rows, keys, "honest_dropped")
   for f, _ in settings:
     for k in ks:
-      sel = [r for r in rows if r["k"] == k and r["f"] == f]
-      m = _mean_over_seeds(sel, ("step",), "error")
-      steps_k = sorted(st for (st,) in m)
-      errs = [m[(st,)] for st in steps_k]
-      curves[(f, k)] = (steps_k, errs)
-      conv[(f, k)] = _convergence_step(steps_k, errs, final[(f, k)])
+      for rule in rules:
+        sel = [r for r in rows if r["k"] == k and r["f"] == f
+               and r["lr_rule"] == rule]
+        m = _mean_over_seeds(sel, ("step",), "error")
+        steps_k = sorted(st for (st,) in m)
+        errs = [m[(st,)] for st in steps_k]
+        curves[(f, k, rule)] = (steps_k, errs)
+        per_seed = {}
+        for r in sorted(sel, key=lambda r: r["step"]):
+          per_seed.setdefault(r["seed"], []).append(r["error"])
+        diverged[(f, k, rule)] = float(np.mean(
+            [_diverged(v) for v in per_seed.values()]))
+        conv[(f, k, rule)] = (None if diverged[(f, k, rule)] else
+                              _convergence_step(steps_k, errs,
+                                                final[(f, k, rule)]))
   timing = filter_timing(cfg.time_dim, cfg.time_fractions, cfg.time_repeats,
                          jax.random.fold_in(key, 2))
-  summary = {"dim": cfg.comp_dim, "ks": ks, "settings": settings,
-             "curves": curves, "final": final, "sd": sd,
-             "converged_at": conv, "byz_kept": kept,
+  summary = {"dim": d, "ks": ks, "settings": settings, "rules": rules,
+             "eta": eta, "mu": task.mu, "smooth": task.smooth,
+             "k_min": k_min, "curves": curves, "final": final, "sd": sd,
+             "converged_at": conv, "diverged": diverged, "byz_kept": kept,
              "honest_dropped": dropped, "timing": timing, "steps": steps}
   return rows + timing, summary
 
@@ -905,7 +1195,8 @@ def _log_xticks(ax, values) -> None:
 
 
 COLORS = {"mean": "C0", "coordinate_median": "C1", "krum": "C2",
-          "geometric_median": "C3", "spectral_filter": "C4"}
+          "geometric_median": "C3", "spectral_filter": "C4",
+          "spectral_filter_paper": "C5"}
 # Excess errors below this (units of sigma) are plotted at it: the filter's
 # excess is exactly the rounding of two means when it keeps the honest set.
 PLOT_FLOOR = 1e-4
@@ -913,7 +1204,8 @@ PLOT_FLOOR = 1e-4
 
 def report_a(s, names, path_png) -> str:
   plt = _figures.pyplot()
-  fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.9))
+  fig, axes = plt.subplots(1, 3 if "rule" in s else 2,
+                           figsize=(15.5 if "rule" in s else 10.5, 3.9))
   dims = s["dims"]
   eps = F_AGG / R_AGG
   for name in names:
@@ -956,6 +1248,24 @@ def report_a(s, names, path_png) -> str:
   axes[1].set_title("excess error vs the attack's radius", fontsize=10)
   axes[1].legend(fontsize=6, ncol=2)
   axes[1].grid(alpha=0.3)
+  if "rule" in s:
+    rule = s["rule"]
+    for i, row in enumerate(rule["table"]):
+      r = row["R"]
+      cur = rule["curves"][r]
+      axes[2].plot(rule["radii"], cur["paper"], "o-", ms=2.5, color=f"C{i}",
+                   label=f"paper's filter, R={r}")
+      axes[2].plot(rule["radii"], cur["mean"], ":", color=f"C{i}", lw=1)
+      if row["c_star"]:
+        axes[2].axvline(row["c_star"], color=f"C{i}", lw=0.8, ls="--")
+    axes[2].set_xscale("log")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("attack radius c")
+    axes[2].set_ylabel(r"excess error / $\sigma$")
+    axes[2].set_title(f"paper's rule (Thm 1 σ₀), d={rule['dim']}, "
+                      "eps=0.2; dotted: mean; dashed: c*", fontsize=9)
+    axes[2].legend(fontsize=6)
+    axes[2].grid(alpha=0.3)
   _figures.save(fig, path_png, dpi=90)
 
   lines = ["## (a) Aggregation error vs dimension", "",
@@ -985,10 +1295,17 @@ def report_a(s, names, path_png) -> str:
                  f"{s['error_slopes'][n]:+.3f} |")
   lines.append(f"| (oracle honest mean) | – | {s['oracle_slope']:+.3f} |")
   if "filter_byz_kept" in s:
-    lines += ["", "Filter (mean over seeds), Byzantine kept / honest "
-              "dropped: " + ", ".join(
+    lines += ["", "Filter, byzjax σ̂ (mean over seeds), Byzantine kept / "
+              "honest dropped: " + ", ".join(
                   f"d={d}: {k:.2g}/{h:.2g}" for d, k, h in zip(
                       dims, s["filter_byz_kept"], s["filter_honest_dropped"]))]
+  if "paper_filter_byz_kept" in s:
+    lines += ["", "Filter, paper's σ₀ (Theorem 1, σ² = d per sample, b = 1, "
+              f"ε' = {EPS_PRIME}), Byzantine kept / honest dropped, and σ₀: "
+              + ", ".join(
+                  f"d={d}: {k:.2g}/{h:.2g}, σ₀={s0:.4g}" for d, k, h, s0 in
+                  zip(dims, s["paper_filter_byz_kept"],
+                      s["paper_filter_honest_dropped"], s["paper_sigma0"]))]
   lines += ["", "Radius sweep, excess / (σ√d):", "",
             "| d | radius c | " + " | ".join(LABELS[n] for n in names) + " |",
             "|---|---|" + "---|" * len(names)]
@@ -1010,10 +1327,50 @@ def report_a(s, names, path_png) -> str:
                    f"{_fmt(mean_c1)} |")
     lines.append(f"\nSlope of the filter's worst case vs d: "
                  f"{fw['slope']:+.3f}.")
+  if "rule" in s:
+    rule = s["rule"]
+    lines += ["", f"Where the paper's rule starts to work (d = {rule['dim']}, "
+              "ε = 0.2, ε' = 0.05, σ₀ from Theorem 1): c* = smallest radius "
+              "from which the filter removes every attacker in every seed; "
+              "b* = c*² is the batch size at which it removes a cluster "
+              "placed at the b = 1 honest radius (the filter is "
+              "scale-equivariant and σ₀ ∝ 1/√b).", "",
+              "c× = the radius at which the round-0 statistic reaches the "
+              "threshold 4Rσ₀² (c/√(stat/threshold) from the largest kept "
+              "radius; finer than the grid).", "",
+              "| R | f | σ₀/σ | σ₀√(ε+ε')/σ | 1 + d/((1−ε−ε')R) | c* (grid) | "
+              "c× | c×/√(1+d/…) | b* = c*² | mean's excess at c* | paper "
+              "filter at c=1: excess / Byz. kept | mean at c=1 | paper "
+              "filter's worst excess (at c) |", "|---|" * 1 + "---|" * 12]
+    for t in rule["table"]:
+      lines.append(
+          f"| {t['R']} | {t['f']} | {_fmt(t['sigma0'], '.4g')} | "
+          f"{_fmt(t['bound'], '.4g')} | {_fmt(t['factor'], '.3g')} | "
+          f"{_fmt(t['c_star'], '.3g')} | {_fmt(t['c_cross'], '.3g')} | "
+          f"{_fmt(t['c_cross_over_sqrt_factor'], '.3g')} | "
+          f"{_fmt(t['b_star'], '.3g')} | "
+          f"{_fmt(t['mean_excess_at_c_star'], '.4g')} | "
+          f"{_fmt(t['paper_excess_c1'])} / {_fmt(t['kept_c1'], '.0f')} | "
+          f"{_fmt(t['mean_excess_c1'])} | "
+          f"{_fmt(t['paper_worst_excess'], '.4g')} "
+          f"({t['paper_worst_radius']:.3g}) |")
   return "\n".join(lines) + "\n"
 
 
+def _step_note(s) -> str:
+  return (f"Steps: Theorem 1's η = µ/L² = {s['lrs']['theorem']:.4g} (µ = "
+          f"{s['mu']:.4g}, L = {s['smooth']:.4g} of the global objective) "
+          "in the figure and the first table; the fixed η = "
+          f"{s['lrs']['fixed']:g} used before in the second.")
+
+
 def report_b(s, path_png) -> str:
+  head = f"## (b) Error vs mini-batch size\n\n{_step_note(s)}\n\n"
+  return (head + _report_b(s, path_png, "η = µ/L² (Theorem 1)") + "\n" +
+          _report_b(s["fixed_lr"], None, f"η = {s['lrs']['fixed']:g}"))
+
+
+def _figure_b(s, path_png, step) -> None:
   plt = _figures.pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.9))
   bs = s["batch_sizes"]
@@ -1029,11 +1386,18 @@ def report_b(s, path_png) -> str:
   ax.set_yscale("log")
   ax.set_xlabel("mini-batch size b")
   ax.set_ylabel(r"$\|w - \hat w_H\|$ (last third of training)")
-  ax.set_title("linear regression, annulus attack at radius c")
+  ax.set_title(f"linear regression, annulus attack at radius c; {step}",
+               fontsize=9)
   ax.legend(fontsize=6)
   ax.grid(alpha=0.3)
   _figures.save(fig, path_png, dpi=90)
-  lines = ["## (b) Error vs mini-batch size", "",
+
+
+def _report_b(s, path_png, step) -> str:
+  bs = s["batch_sizes"]
+  if path_png is not None:
+    _figure_b(s, path_png, step)
+  lines = [f"### Step {step}", "",
            f"Per-sample gradient variance at the optimum σ² = "
            f"{s['sigma2']:.4g} (trace), so a worker's stochastic gradient has "
            f"variance σ²/b_eff, 1/b_eff = (1/b − 1/n)·n/(n−1) (batches are "
@@ -1103,6 +1467,12 @@ def report_c(s, path_png) -> str:
 
 
 def report_d(s, path_png) -> str:
+  head = f"## (d) Error vs heterogeneity\n\n{_step_note(s)}\n\n"
+  return (head + _report_d(s, path_png, "η = µ/L² (Theorem 1)") + "\n" +
+          _report_d(s["fixed_lr"], None, f"η = {s['lrs']['fixed']:g}"))
+
+
+def _figure_d(s, path_png, step) -> None:
   plt = _figures.pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.9))
   for key, (xs, ys) in s["curves"].items():
@@ -1114,14 +1484,20 @@ def report_d(s, path_png) -> str:
   ax.set_xlabel(r"measured $\kappa = \max_{i \in H} \|\nabla f_i - "
                 r"\nabla f_H\|$ at $\hat w_H$")
   ax.set_ylabel(r"$\|w - \hat w_H\|$")
-  ax.set_title(f"heterogeneous linear regression, b={s['batch']}")
+  ax.set_title(f"heterogeneous linear regression, b={s['batch']}; {step}",
+               fontsize=9)
   ax.legend(fontsize=6)
   ax.grid(alpha=0.3)
   _figures.save(fig, path_png, dpi=90)
+
+
+def _report_d(s, path_png, step) -> str:
+  if path_png is not None:
+    _figure_d(s, path_png, step)
   settings = [(a, f, c) for a in ("spectral_filter", "mean")
               for f, c in s["settings"]]
   ref = settings[0]
-  lines = ["## (d) Error vs heterogeneity", "",
+  lines = [f"### Step {step}", "",
            f"b = {s['batch']}, σ² = {s['sigma2']:.4g}. Measured: κ_sup = max "
            "over honest workers of ||∇f_i − ∇f_H|| at the honest optimum, "
            "κ_rms its root mean square, κ_sup(w=0) the max at the initial "
@@ -1157,23 +1533,28 @@ def report_d(s, path_png) -> str:
 
 def report_e(s, path_png) -> str:
   plt = _figures.pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.7))
-  for (f, k), (steps, errs) in sorted(s["curves"].items(),
-                                      key=lambda kv: (kv[0][0], -kv[0][1])):
+  fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+  rule_ax = {"theorem_k_over_d": axes[0], "theorem": axes[1]}
+  for (f, k, rule), (steps, errs) in sorted(
+      s["curves"].items(), key=lambda kv: (kv[0][0], -kv[0][1])):
     ls = "-" if f else "--"
     color = f"C{s['ks'].index(k)}"
-    lab = f"k={k}, f={int(f)}"
-    axes[0].plot(steps, errs, ls=ls, color=color, label=lab)
-    axes[1].plot(np.asarray(steps) * k, errs, ls=ls, color=color, label=lab)
-  for ax, xl in zip(axes[:2], ("step", "coordinates sent per worker")):
+    errs = np.asarray(errs, float)
+    errs = np.where(np.isfinite(errs), errs, 1e30)
+    inside = "in" if k >= s["k_min"] else "out"
+    rule_ax[rule].plot(steps, np.minimum(errs, 1e30), ls=ls, color=color,
+                       label=f"k={k} ({inside}), f={int(f)}")
+  titles = {"theorem_k_over_d": f"scaled, η = (k/d)·µ/L² "
+                                f"(d={s['dim']})",
+            "theorem": f"scaled, η = µ/L² = {s['eta']:.3g} (Theorem 5)"}
+  for rule, ax in rule_ax.items():
     ax.set_yscale("log")
-    ax.set_xlabel(xl)
+    ax.set_xlabel("step")
     ax.set_ylabel(r"$\|w - \hat w_H\|$")
+    ax.set_title(titles[rule], fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-  axes[1].set_xscale("log")
-  axes[0].set_title(f"Algorithm 2 (shared rand-k), d={s['dim']}, filter",
-                    fontsize=10)
+  axes[1].set_ylim(top=1e6)
   t = s["timing"]
   ks = [r["k"] for r in t]
   axes[2].plot(ks, [r["filter_median_s"] * 1e3 for r in t], "o-",
@@ -1193,26 +1574,40 @@ def report_e(s, path_png) -> str:
   axes[2].legend(fontsize=6)
   axes[2].grid(alpha=0.3)
   _figures.save(fig, path_png, dpi=90)
-  lines = ["## (e) Compressed variant (shared rand-k, Algorithm 2)", "",
-           f"d = {s['dim']}, {s['steps']} steps, R = {R_AGG}, annulus attack "
-           "at radius 1 (applied to the full gradients; the server sees its "
-           "k coordinates). Plateau = error averaged over the last third; "
-           "converged at = first evaluation within 1.5× the plateau.", "",
-           "| f | k | k/d | plateau ‖w − ŵ_H‖ | converged at step | × steps "
-           "of k=d | coordinates sent by then | filter: Byz. kept / honest "
-           "dropped |", "|---|---|---|---|---|---|---|---|"]
+  lines = ["## (e) Compressed variant (shared rand-k, Algorithm 2, scaled)",
+           "", f"d = {s['dim']}, {s['steps']} steps, R = {R_AGG}, messages "
+           "(d/k)·select_K(p_r) on server-drawn coordinates K shared by all "
+           "workers, filtered with byzjax σ̂ (extension) in k dimensions; "
+           "annulus attack at radius 1 (applied to the full gradients; the "
+           "server sees their k coordinates). Theorem 5's condition k ≥ "
+           f"(1 − ε − ε')R = {s['k_min']:.3g} (ε = 0.2, ε' = 0.05). Steps: "
+           f"Theorem 5's η = µ/L² = {s['eta']:.4g} (µ = {s['mu']:.4g}, L = "
+           f"{s['smooth']:.4g}) and η·k/d. Plateau = error averaged over "
+           "the last third; converged at = first evaluation within 1.5× the "
+           "plateau; diverged = share of seeds whose last error is non-finite "
+           "or above 10× their smallest.", "",
+           "| step | f | k | in condition | plateau ‖w − ŵ_H‖ | diverged | "
+           "converged at step | × steps of k=d | coordinates sent by then | "
+           "filter: Byz. kept / honest dropped |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   kmax = max(s["ks"])
-  for f, _ in s["settings"]:
-    for k in sorted(s["ks"], reverse=True):
-      st = s["converged_at"][(f, k)]
-      ref = s["converged_at"][(f, kmax)]
-      ratio = st / ref if st and ref else None
-      lines.append(
-          f"| {int(f)} | {k} | {k / s['dim']:.3g} | "
-          f"{_fmt(s['final'][(f, k)])} ± {_fmt(s['sd'][(f, k)], '.2g')} | "
-          f"{_fmt(st, 'd')} | {_fmt(ratio, '.3g')} | "
-          f"{_fmt(st * k if st else None, 'd')} | "
-          f"{s['byz_kept'][(f, k)]:.2g} / {s['honest_dropped'][(f, k)]:.2g} |")
+  for rule in s["rules"]:
+    for f, _ in s["settings"]:
+      for k in sorted(s["ks"], reverse=True):
+        key = (f, k, rule)
+        st = s["converged_at"][key]
+        ref = s["converged_at"][(f, kmax, rule)]
+        ratio = st / ref if st and ref else None
+        step = ("µ/L²" if rule == "theorem" else "(k/d)·µ/L²")
+        lines.append(
+            f"| {step} | {int(f)} | {k} | "
+            f"{'yes' if k >= s['k_min'] else 'no'} | "
+            f"{_fmt(s['final'][key])} ± {_fmt(s['sd'][key], '.2g')} | "
+            f"{s['diverged'][key]:.2g} | "
+            f"{_fmt(st, 'd')} | {_fmt(ratio, '.3g')} | "
+            f"{_fmt(st * k if st else None, 'd')} | "
+            f"{_fmt(s['byz_kept'][key], '.2g')} / "
+            f"{_fmt(s['honest_dropped'][key], '.2g')} |")
   lines += ["", f"Filter time on [R, k] vs [R, d], d = {full['dim']}, "
             f"R = {R_AGG}, f = {F_AGG} annulus rows (jitted, after warm-up):",
             "", "| k | d/k | filter median (ms) | filter min (ms) | speed-up "

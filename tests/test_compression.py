@@ -124,7 +124,7 @@ def test_rand_k_keeps_k_scaled_coordinates():
 def test_rand_k_is_unbiased():
   """Mean over many keys -> x, within 5 standard errors per coordinate."""
   x = _x(8)[0]
-  k, n = 3, 20000
+  k, n = 3, 4000
   keys = jax.random.split(jax.random.key(1), n)
   samples = jax.jit(jax.vmap(
       lambda kk: C.rand_k({"w": jnp.asarray(x)}, k=k, key=kk)["w"]))(keys)
@@ -171,11 +171,56 @@ def test_gather_and_scatter_match_numpy():
   want = np.zeros(D, np.float32)
   want[np.asarray(coords)] = 2.0 * agg
   np.testing.assert_allclose(back, want, rtol=1e-6)
-  # The params-shaped form keeps the same coordinates.
+  # The params-shaped form keeps the same coordinates (scaled by d/k).
   one = _flat(C.shared_rand_k(_tree(x[2:3]), coords=coords))
   want = np.zeros(D, np.float32)
-  want[np.asarray(coords)] = x[2, np.asarray(coords)]
-  np.testing.assert_array_equal(one, want)
+  want[np.asarray(coords)] = D / k * x[2, np.asarray(coords)]
+  np.testing.assert_allclose(one, want, rtol=1e-6)
+
+
+def _np_algorithm2_message(p, coords, d, k):
+  """Data & Diggavi, Algorithm 2 line 7: (d/k) select_K(p), by a loop."""
+  out = np.zeros(d, np.float64)
+  for j in range(d):
+    if j in set(int(c) for c in coords):
+      out[j] = d / k * p[j]
+  return out
+
+
+@pytest.mark.parametrize("jit, k", [(False, 1), (True, 5), (False, D)])
+def test_shared_rand_k_is_the_papers_scaled_message(jit, k):
+  """Default scale is d/k (the paper's); scale=1.0 is plain select_K."""
+  p = _x(21)
+  coords = C.draw_coordinates(jax.random.key(k), _tree(p), k)
+  fn = _maybe_jit(lambda t, c: C.shared_rand_k(t, coords=c), jit)
+  got = _flat(fn(_tree(p), coords))
+  want = _np_algorithm2_message(p[0], np.asarray(coords), D, k)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  plain = _flat(C.shared_rand_k(_tree(p), coords=coords, scale=1.0))
+  np.testing.assert_allclose(plain, want * k / D, rtol=1e-6)
+  # The server's k-dimensional path scatters with the same default d/k.
+  gathered = C.gather_coordinates(helpers.split_leaves(p), coords)
+  back = _flat(C.scatter_coordinates(gathered[0], coords, _tree(p)))
+  np.testing.assert_allclose(back, want, rtol=1e-6)
+
+
+def test_shared_rand_k_is_unbiased_over_server_draws():
+  """E_K[(d/k) select_K(p)] = p (Data & Diggavi, §5.2, eq. (14))."""
+  p = _x(22)
+  k, n = 3, 4000
+  keys = jax.random.split(jax.random.key(23), n)
+  msgs = jax.jit(jax.vmap(lambda kk: C.shared_rand_k(
+      _tree(p), coords=C.draw_coordinates(kk, _tree(p), k))))(keys)
+  msgs = np.concatenate([np.asarray(m).reshape(n, -1)
+                         for m in jax.tree.leaves(msgs)], axis=1)
+  # Coordinate j of one message is (d/k) p_j with probability k/d, else 0:
+  # mean p_j, standard deviation |p_j| sqrt(d/k - 1).
+  se = np.abs(p[0]) * np.sqrt(D / k - 1) / np.sqrt(n)
+  np.testing.assert_array_less(np.abs(msgs.mean(0) - p[0]), 5 * se + 1e-7)
+  # ...and each coordinate is nonzero in about a fraction k/d of draws.
+  freq = np.mean(msgs != 0, axis=0)
+  np.testing.assert_array_less(np.abs(freq - k / D),
+                               5 * np.sqrt(k / D * (1 - k / D) / n))
 
 
 def test_scatter_of_stacked_values():
@@ -187,6 +232,9 @@ def test_scatter_of_stacked_values():
   row1 = helpers.join_leaves(jax.tree.map(lambda a: a[1], out))
   want = np.zeros(D, np.float32)
   want[[0, 5, 11]] = [3.0, 4.0, 5.0]
+  np.testing.assert_allclose(row1, D / 3 * want, rtol=1e-6)  # default d/k
+  out = C.scatter_coordinates(vals, coords, like, scale=1.0)  # unscaled
+  row1 = helpers.join_leaves(jax.tree.map(lambda a: a[1], out))
   np.testing.assert_array_equal(row1, want)
 
 

@@ -70,3 +70,4 @@ from byzjax.aggregators.smea import smea
 from byzjax.aggregators.smea import SMEAInfo
 from byzjax.aggregators.spectral_filter import spectral_filter
 from byzjax.aggregators.spectral_filter import SpectralFilterInfo
+from byzjax.aggregators.spectral_filter import theorem_sigma0

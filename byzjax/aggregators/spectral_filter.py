@@ -42,6 +42,7 @@ The final aggregate is computed from the original rows, not from the
 standardized ones.
 """
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -110,6 +111,91 @@ def _scores(gram, c, floor, *, power_iters, power_tol):
   return p
 
 
+def theorem_sigma0(*, sigma: float, batch_size: int, num_workers: int,
+                   dim: int, eps: float, eps_prime: float,
+                   kappa: float = 0.0) -> float:
+  """The :math:`\sigma_0` of Data & Diggavi's Theorems 1 and 3.
+
+  .. math::
+    \sigma_0^2 = \frac{24 \sigma^2}{b \varepsilon'}
+      \Bigl(1 + \frac{d}{(1 - (\varepsilon + \varepsilon'))R}\Bigr)
+      + 16 \kappa^2
+
+  (arXiv:2005.07866v3, Theorem 1 and Theorem 3, eq. (12)): with probability
+  at least :math:`1 - \exp(-\varepsilon'^2 (1 - \varepsilon) R / 16)` some
+  :math:`(1 - (\varepsilon + \varepsilon'))R` honest mini-batch gradients
+  have an empirical covariance whose top eigenvalue is at most
+  :math:`\sigma_0^2`. Passing the result as ``sigma`` to
+  :func:`spectral_filter` runs the paper's Algorithm 3 with its own stopping
+  rule :math:`\sum_i c_i \tau_i \le 4 R \sigma_0^2`.
+
+  The units matter: :math:`\sigma^2` is the paper's Assumption 1 (eq. (3)),
+  a bound on :math:`\mathbb{E}_i \|\nabla F_{r,i}(x) - \nabla F_r(x)\|^2`,
+  the *total* (trace) variance of one sample's gradient, not a
+  per-coordinate variance: for isotropic noise of standard deviation
+  :math:`s` per coordinate, :math:`\sigma^2 = d s^2`. :math:`\kappa` is the
+  gradient dissimilarity of Assumption 2 (eq. (4)).
+
+  For the compressed variant (Algorithm 2), Theorems 4 and 5 give the same
+  form with :math:`\sigma^2` replaced by :math:`\tfrac{d}{k} G^2` and
+  :math:`d` by :math:`k` (the server filters vectors in
+  :math:`\mathbb{R}^k`): call this with ``sigma=sqrt(d / k) * G`` and
+  ``dim=k``.
+
+  Args:
+    sigma: :math:`\sigma`, the per-sample gradient standard deviation
+      (square root of the trace variance bound), a positive Python number.
+    batch_size: :math:`b`, a Python int >= 1.
+    num_workers: :math:`R`, a Python int >= 1.
+    dim: :math:`d`, a Python int >= 1.
+    eps: :math:`\varepsilon`, the corrupt fraction, in ``[0, 1/4)``.
+    eps_prime: :math:`\varepsilon' > 0` with
+      :math:`\varepsilon \le 1/4 - \varepsilon'` (the theorem's
+      condition). Larger :math:`\varepsilon'` gives a smaller
+      :math:`\sigma_0`, so :math:`\varepsilon' = 1/4 - \varepsilon` is the
+      tightest value the theorem allows.
+    kappa: :math:`\kappa`, a non-negative Python number (0 for i.i.d. data).
+
+  Returns:
+    :math:`\sigma_0` (a Python float), in the units of the gradients.
+
+  Raises:
+    ValueError: naming the argument, if one is out of range or
+      :math:`\varepsilon + \varepsilon' > 1/4`.
+
+  Examples:
+    >>> from byzjax.aggregators.spectral_filter import theorem_sigma0
+    >>> s0 = theorem_sigma0(sigma=1.0, batch_size=24, num_workers=40, dim=30,
+    ...                     eps=0.05, eps_prime=0.2)
+    >>> round(s0 ** 2, 6)  # 24 / (24 * 0.2) * (1 + 30 / (0.75 * 40))
+    10.0
+
+  References:
+    Data & Diggavi, `Byzantine-Resilient SGD in High Dimensions on
+    Heterogeneous Data <https://arxiv.org/abs/2005.07866>`_, 2021
+    (Theorem 1, Theorem 3 and eq. (12); Theorems 4 and 5 for Algorithm 2).
+  """
+  sigma = _checks.check_positive("sigma", sigma, allow_zero=True)
+  batch_size = _checks.check_int("batch_size", batch_size, low=1)
+  num_workers = _checks.check_int("num_workers", num_workers, low=1)
+  dim = _checks.check_int("dim", dim, low=1)
+  eps = _checks.check_fraction("eps", eps, low=0.0, high=0.25)
+  eps_prime = _checks.check_fraction("eps_prime", eps_prime, low=0.0,
+                                     high=0.25, high_inclusive=True)
+  if eps_prime == 0.0:
+    raise ValueError("eps_prime must be positive (the theorem's constant "
+                     "eps' > 0).")
+  if eps + eps_prime > 0.25 + 1e-12:
+    raise ValueError(
+        f"eps_prime: the theorem needs eps <= 1/4 - eps_prime; got eps={eps} "
+        f"and eps_prime={eps_prime}; use eps_prime <= {0.25 - eps:g}.")
+  kappa = _checks.check_positive("kappa", kappa, allow_zero=True)
+  honest = (1.0 - (eps + eps_prime)) * num_workers
+  sigma0_sq = (24.0 * sigma**2 / (batch_size * eps_prime)
+               * (1.0 + dim / honest) + 16.0 * kappa**2)
+  return math.sqrt(sigma0_sq)
+
+
 @public
 def spectral_filter(
     updates: PyTree,
@@ -138,13 +224,24 @@ def spectral_filter(
   with the largest score gets :math:`c_i = 0` in every filtering round, so at
   most :math:`n - 1` rounds can filter; ``max_rounds`` bounds them further.
 
-  The threshold is :math:`T = 4 n \\sigma_0^2` (the paper's), where
-  :math:`\\sigma_0^2` bounds the largest eigenvalue of the honest workers'
-  empirical covariance :math:`\\frac1n\\sum_i (g_i - \\bar g)(g_i - \\bar
-  g)^\\top`:
+  The threshold is :math:`T = 4 n \\sigma_0^2`, where :math:`\\sigma_0^2`
+  bounds the largest eigenvalue of the honest workers' empirical covariance
+  :math:`\\frac1n\\sum_i (g_i - \\bar g)(g_i - \\bar g)^\\top`. Which rule
+  is the paper's:
 
-  * ``sigma`` given: :math:`\\sigma_0 =` ``sigma``.
-  * ``sigma=None``: :math:`\\sigma_0` is re-estimated every round as the
+  * ``sigma`` given: **the paper's stopping rule** (Data & Diggavi,
+    Algorithm 3, line 5: stop when :math:`\\sum_i c_i \\tau_i \\le 4 R
+    \\sigma_0^2`), with :math:`\\sigma_0 =` ``sigma``. The paper's value of
+    :math:`\\sigma_0` is its Theorem 1 / Theorem 3 bound, computed by
+    :func:`theorem_sigma0` from :math:`\\sigma^2, b, \\varepsilon',
+    d, R, \\kappa`. That bound is a worst case over all noise with trace
+    variance :math:`\\sigma^2/b`, so for isotropic noise it exceeds the
+    honest top eigenvalue by a factor of order :math:`24 d/\\varepsilon'`,
+    and the filter then keeps any attack whose pull on the mean is within
+    the theorem's error :math:`O(\\sigma_0\\sqrt{\\varepsilon +
+    \\varepsilon'})` (e.g. the annulus attack at the honest radius).
+  * ``sigma=None``: **byzjax's extension, not in the paper**:
+    :math:`\\sigma_0` is re-estimated every round as the
     spread of the active workers *along the current direction* ``v``:
     :math:`\\hat\\sigma_0 = 1.4826\\,\\operatorname{median}_{i \\in A}
     |p_i - \\operatorname{median}_{j \\in A} p_j|` with
@@ -210,7 +307,9 @@ def spectral_filter(
       direction, in the units of the updates: the square root of the top
       eigenvalue of their *empirical* covariance, which for ``n`` samples in
       ``d`` dimensions exceeds the population value by a factor of about
-      :math:`(1 + \\sqrt{d/n})^2`. ``None`` estimates it (see above).
+      :math:`(1 + \\sqrt{d/n})^2`. The paper's value is
+      :func:`theorem_sigma0`. ``None`` estimates it (byzjax's extension, see
+      above).
     max_rounds: maximum number of filtering rounds (Python int >= 0; values
       above ``R`` act as ``R``). ``None`` means ``R``. ``0`` is the mean of the
       live workers.

@@ -355,3 +355,90 @@ def test_bad_hyperparameters_raise(kwargs, name):
 def test_mismatched_worker_axes_raise():
   with pytest.raises(ValueError, match="worker"):
     spectral_filter({"a": jnp.zeros((4, 3)), "b": jnp.zeros((5, 3))})
+
+
+# --------------------------------------------------------------------------
+# theorem_sigma0: Data & Diggavi's sigma_0 (Theorem 1 / Theorem 3, eq. (12)).
+
+
+def _np_theorem_sigma0_sq(sigma, b, r, d, eps, eps_prime, kappa):
+  """sigma_0^2 = 24 sigma^2 / (b eps') (1 + d / ((1 - (eps + eps')) R))
+  + 16 kappa^2, written out term by term."""
+  sampling = 24.0 * sigma * sigma / (b * eps_prime)
+  honest_workers = (1.0 - (eps + eps_prime)) * r
+  return sampling * (1.0 + d / honest_workers) + 16.0 * kappa * kappa
+
+
+@pytest.mark.parametrize("sigma, b, r, d, eps, eps_prime, kappa", [
+    (1.0, 1, 50, 1000, 0.2, 0.05, 0.0),
+    (3.0, 16, 50, 100, 0.0, 0.25, 0.0),
+    (0.5, 64, 10, 7, 0.1, 0.1, 2.0),
+])
+def test_theorem_sigma0_matches_the_papers_formula(sigma, b, r, d, eps,
+                                                   eps_prime, kappa):
+  got = sf_module.theorem_sigma0(sigma=sigma, batch_size=b, num_workers=r,
+                                 dim=d, eps=eps, eps_prime=eps_prime,
+                                 kappa=kappa)
+  want = _np_theorem_sigma0_sq(sigma, b, r, d, eps, eps_prime, kappa)
+  assert got ** 2 == pytest.approx(want, rel=1e-12)
+
+
+def test_theorem_sigma0_scaling_in_b_and_r():
+  """sigma_0 ~ 1/sqrt(b) (kappa = 0); the 1 + d/R term tends to 1 in R."""
+  kw = dict(sigma=2.0, dim=400, eps=0.2, eps_prime=0.05)
+  s1 = sf_module.theorem_sigma0(batch_size=1, num_workers=50, **kw)
+  s16 = sf_module.theorem_sigma0(batch_size=16, num_workers=50, **kw)
+  assert s1 / s16 == pytest.approx(4.0, rel=1e-12)
+  big_r = sf_module.theorem_sigma0(batch_size=1, num_workers=10**9, **kw)
+  assert big_r ** 2 == pytest.approx(24 * 4.0 / 0.05, rel=1e-6)
+  assert s1 ** 2 / big_r ** 2 == pytest.approx(1 + 400 / (0.75 * 50),
+                                               rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(eps=0.2, eps_prime=0.1), "eps_prime"),  # eps + eps' > 1/4
+    (dict(eps=0.2, eps_prime=0.0), "eps_prime"),
+    (dict(eps=0.25, eps_prime=0.01), "eps"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(num_workers=2.5), "num_workers"),
+    (dict(sigma=-1.0), "sigma"),
+    (dict(kappa=float("nan")), "kappa"),
+])
+def test_theorem_sigma0_bad_arguments_raise(kwargs, name):
+  kw = dict(sigma=1.0, batch_size=1, num_workers=20, dim=6, eps=0.2,
+            eps_prime=0.05)
+  kw.update(kwargs)
+  with pytest.raises(ValueError, match=name):
+    sf_module.theorem_sigma0(**kw)
+
+
+def test_papers_stopping_rule_keeps_attacks_within_its_bound():
+  """With the theorem's sigma_0 the filter runs the paper's rule, 4 R s0^2.
+
+  Honest rows N(0, I_6) are mini-batch gradients with trace variance
+  sigma^2 / b = 6 (b = 1). For the R = 20, eps = 0.2, eps' = 0.05 of the
+  theorem, sigma_0 ~ 63: a cluster at offset 12 (far outside the honest
+  spread) pulls the mean by less than sigma_0 sqrt(eps + eps'), so the
+  paper's rule keeps it; one at offset 2000 is removed.
+  """
+  s0 = sf_module.theorem_sigma0(sigma=np.sqrt(6.0), batch_size=1,
+                                num_workers=20, dim=6, eps=0.2,
+                                eps_prime=0.05)
+  # The filter is scale-equivariant: rows / s and sigma_0 / s decide the
+  # same, so sigma = 1.5 (compiled for the oracle test above) is reused.
+  unit = s0 / 1.5
+  rng = np.random.default_rng(3)
+  near = _attacked(rng, offset=12.0)
+  out, info = _sf(near / unit, sigma=1.5)
+  assert int(info.num_rounds) == 0 and np.asarray(info.active).all()
+  np.testing.assert_allclose(info.threshold * unit ** 2, 4 * 20 * s0 ** 2,
+                             rtol=1e-5)
+  np.testing.assert_allclose(out["w"] * unit, near.mean(0), rtol=0,
+                             atol=1e-5)
+  assert np.linalg.norm(near.mean(0) - near[4:].mean(0)) < s0 * 0.5
+  far = _attacked(rng, offset=2000.0)
+  out, info = _sf(far / unit, sigma=1.5)
+  np.testing.assert_array_equal(np.asarray(info.active)[:4], False)
+  assert np.asarray(info.active)[4:].all()
+  np.testing.assert_allclose(out["w"] * unit, far[4:].mean(0), rtol=0,
+                             atol=1e-3)
