@@ -182,8 +182,8 @@ QUICK = dict(model="mlp_small", num_workers=8, batch=16, epochs=2.0,
              rows=("clean", "bit_flip_40", "bit_flip_40" + FIXED,
                    "backdoor_20"),
              hetero_model="mlp_small", hetero_workers=10, hetero_shards=4,
-             hetero_batch=16, hetero_steps=12, hetero_eval_every=6,
-             hetero_search_steps=6, hetero_lr=None,
+             hetero_batch=16, hetero_steps=30, hetero_eval_every=10,
+             hetero_search_steps=10, hetero_lr=None,
              hetero_rows=("clean", "bit_flip_20"), memory_betas=(0.01, 0.1),
              memory_variants=("bgmd_nomem", "bgmd_pw"), memory_steps=20,
              memory_eval_every=5, timing_repeats=1, lr=0.1,
@@ -378,7 +378,8 @@ def train_run(task: Task, *, row: str, aggregator: str, seed_key: jax.Array,
                 epoch=step / steps_per_epoch, wall_s=wall, train_loss=loss,
                 compile_s=compile_s, **metrics,
                 **block_diagnostics(state.server_state,
-                                   per_worker=aggregator == "bgmd_pw"))
+                                   per_worker=aggregator == "bgmd_pw",
+                                   stepped=step > 0))
 
   out = [record(0, 0.0, float("nan"))]
   wall = 0.0
@@ -391,17 +392,21 @@ def train_run(task: Task, *, row: str, aggregator: str, seed_key: jax.Array,
   return out
 
 
-def block_diagnostics(server_state, per_worker: bool) -> dict[str, float]:
+def block_diagnostics(server_state, per_worker: bool,
+                      stepped: bool = True) -> dict[str, float]:
   """Relative residual r_t and memory norms of a block run's server state.
 
   ``residual`` is ``1 - mass`` of the last step's block selection (the
   share of ``||G_t||_F^2`` outside the block, Figure 1(a)'s r_t); the
   memory norms are in step-size units. NaN where the aggregator keeps no
   block selection (``sgd``, ``cmd``, ``gmd``) or no memory (``bgmd_nomem``),
-  and before the first step.
+  and before the first step (``stepped=False``; the aggregator's info
+  holds zeros then).
   """
   out = dict(residual=float("nan"), memory_norm=float("nan"),
              memory_norm_max=float("nan"))
+  if not stepped:
+    return out
   is_leaf = lambda s: isinstance(s, (BlockMemoryState,
                                      BlockGeometricMedianInfo))
   for s in jax.tree.leaves(server_state, is_leaf=is_leaf):
