@@ -245,10 +245,11 @@ def test_quick_run(tmp_path):
   finals = {lr: acharya.final_stats(search, lr=lr)["acc_all_mean"]
             for lr in acharya.LR_GRID}
   assert cfg["hetero_lr"] == max(finals, key=finals.get)
-  # Class-sharded: the mean breaks under the bit flip of 2 of 10 clients.
+  # Class-sharded: the mean breaks under the bit flip of 2 of 10 clients
+  # (18.8% at quick scale, 10% at full scale); GMD keeps training.
   het = out["hetero"]
   assert acharya.final_stats(het, row="bit_flip_20",
-                             aggregator="sgd")["n_diverged"] == 1
+                             aggregator="sgd")["acc_all_mean"] < 0.25
   assert (acharya.final_stats(het, row="bit_flip_20",
                               aggregator="gmd")["acc_all_mean"]
           > acharya.final_stats(het, row="bit_flip_20",
