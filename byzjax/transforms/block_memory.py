@@ -67,6 +67,20 @@ can reject it, whereas the shared mean carries :math:`1/b` of it into every
 row: with 20% of the workers sending :math:`-100\\,g_i`, the shared memory
 becomes about :math:`-18` times the honest residual and training diverges
 (``experiments/acharya.py``). Erased rows restart from a zero memory.
+This protection holds only while the Byzantine workers are the same rows at
+every step. Where the corruption is redrawn at every step (the paper's
+§4.1), a worker that was Byzantine at step :math:`t` carries its
+:math:`-100\\,\\gamma_t g` residual into its honest steps; in
+``experiments/acharya.py`` (20% of 32 workers redrawn every step, MLP) the
+per-worker memory diverges as well. The paper's analysis (eq. (11),
+Lemmas 3-4) bounds the memory of the good rows as if it held only good
+residuals, which is the fixed-set case.
+
+Diagnostics: ``state.mass`` is the share of :math:`\\|G_t\\|_F^2` (live rows,
+after memory augmentation) in the selected block, so ``1 - state.mass`` is
+the relative residual :math:`r_t = \\|G_t - \\mathcal C_k(G_t)\\|_F^2 /
+\\|G_t\\|_F^2` of the paper's Figure 1(a); ``state.memory`` is the memory
+itself (in step-size units when ``learning_rate`` is given).
 """
 
 import functools
@@ -96,7 +110,9 @@ class BlockMemoryState(NamedTuple):
   key: jax.Array | None  # PRNG key for "norm_proportional" (else None);
                          # split on every update
   indices: jax.Array     # int32 [k]: flat coordinates selected last step
-  mass: jax.Array        # float (): share of ||G_t||_F^2 in the block
+  mass: jax.Array        # float (): share of ||G_t||_F^2 in the block (live
+                         # rows); 1 - mass is Figure 1(a)'s relative residual
+                         # r_t = ||G_t - C_k(G_t)||_F^2 / ||G_t||_F^2
   num_iters: jax.Array   # int32 (): Weiszfeld iterations of the last step
 
 

@@ -32,7 +32,9 @@ def _np_bgmd(grads, k, step_size, x0, per_worker=False):
       live).
 
   Returns:
-    Per step: (selected indices, g~_t, memory m_{t+1}, parameters x_{t+1}).
+    Per step: (selected indices, g~_t, memory m_{t+1}, parameters x_{t+1},
+    relative residual r_t = ||G_t - Delta_t||_F^2 / ||G_t||_F^2 of
+    Figure 1(a)).
   """
   m = np.zeros((len(grads[0]),) + x0.shape) if per_worker else np.zeros(
       x0.shape)
@@ -47,12 +49,13 @@ def _np_bgmd(grads, k, step_size, x0, per_worker=False):
     delta = np.zeros_like(big_g)
     delta[:, idx] = big_g[:, idx]              # Delta_t: the block
     m = big_g - delta                          # per worker: G - Delta
+    r_t = (m ** 2).sum() / (big_g ** 2).sum()  # Figure 1(a)
     if not per_worker:
       m = m.mean(axis=0)                       # m_{t+1} = mean_i(G - Delta)
     g_tilde = np.zeros(x.shape)
     g_tilde[idx] = helpers.np_geometric_median(big_g[:, idx])  # Gm(Delta_t)
     x = x - g_tilde                            # x_{t+1} = x_t - g~_t
-    out.append((idx, g_tilde, m, x))
+    out.append((idx, g_tilde, m, x, r_t))
   return out
 
 
@@ -101,10 +104,12 @@ def test_matches_algorithm_1(learning_rate, oracle_step):
   history = _run(tx, grads)
   oracle = _np_bgmd(grads, K, oracle_step, np.zeros(D))
   memory_units = 0.1 if learning_rate is None else 1.0  # m / γ when None
-  for (state, params), (idx, _, m, x) in zip(history, oracle):
+  for (state, params), (idx, _, m, x, r_t) in zip(history, oracle):
     bgmd_state = state[0]
     np.testing.assert_array_equal(np.asarray(bgmd_state.indices), idx)
     np.testing.assert_allclose(helpers.join_leaves(params), x, atol=5e-5)
+    # The paper's relative residual r_t is 1 - mass (Figure 1(a)).
+    np.testing.assert_allclose(1.0 - float(bgmd_state.mass), r_t, rtol=1e-4)
     np.testing.assert_allclose(
         helpers.join_leaves(bgmd_state.memory) * memory_units, m,
         rtol=1e-5, atol=1e-6)
@@ -124,10 +129,11 @@ def test_per_worker_memory_matches_oracle(learning_rate, oracle_step):
       optax.sgd(learning_rate))
   history = _run(tx, grads)
   oracle = _np_bgmd(grads, K, oracle_step, np.zeros(D), per_worker=True)
-  for (state, params), (idx, _, m, x) in zip(history, oracle):
+  for (state, params), (idx, _, m, x, r_t) in zip(history, oracle):
     bgmd_state = state[0]
     np.testing.assert_array_equal(np.asarray(bgmd_state.indices), idx)
     np.testing.assert_allclose(helpers.join_leaves(params), x, atol=5e-5)
+    np.testing.assert_allclose(1.0 - float(bgmd_state.mass), r_t, rtol=1e-4)
     memory = np.stack([helpers.join_leaves(jax.tree.map(lambda l: l[i],
                                                         bgmd_state.memory))
                        for i in range(R)])
@@ -174,7 +180,7 @@ def test_outputs_are_the_block_median_in_gradient_units():
   state = tx.init(PARAMS)
   oracle = _np_bgmd(grads, K, lambda t: 1.0, np.zeros(D))
   update = tx.update
-  for g, (idx, g_tilde, m, _) in zip(grads, oracle):
+  for g, (idx, g_tilde, m, _, _) in zip(grads, oracle):
     out, state = update(helpers.split_leaves(g), state)
     np.testing.assert_allclose(helpers.join_leaves(out), g_tilde, atol=3e-5)
     np.testing.assert_allclose(helpers.join_leaves(state.memory), m,
@@ -237,7 +243,7 @@ def test_erasures_do_not_poison_the_memory(bad):
   grads[4][8, :] = bad
   history = _run(block_geometric_median_descent(K, **GM_KW), grads)
   oracle = _np_bgmd(grads, K, lambda t: 1.0, np.zeros(D))
-  for (state, _), (idx, _, m, _) in zip(history, oracle):
+  for (state, _), (idx, _, m, _, _) in zip(history, oracle):
     np.testing.assert_array_equal(np.asarray(state.indices), idx)
     np.testing.assert_allclose(helpers.join_leaves(state.memory), m,
                                rtol=1e-5, atol=1e-5)
